@@ -1,0 +1,1 @@
+"""Model side of the pipeline: manifests, bag datasets, attention-MIL models and training."""

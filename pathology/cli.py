@@ -1,0 +1,13 @@
+"""The ``pathology`` command line: one sub-command per pipeline stage."""
+
+from __future__ import annotations
+
+import typer
+
+from .synth.cli import synth_command
+from .tile_cli import tile_command
+
+app = typer.Typer(help="Whole-slide pathology pipeline: synthesize, tile, normalize, store bags.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.command("tile")(tile_command)
+app.command("synth")(synth_command)

@@ -1,0 +1,137 @@
+"""Turn command-line INPUTS (files, folders, globs, a manifest CSV) into named slides."""
+
+from __future__ import annotations
+
+import csv
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from .slide import SLIDE_EXTENSIONS
+
+# Folder scans pick up whole-slide formats only: plain images in a slide folder are
+# usually sidecars (masks, thumbnails). Name plain images explicitly or by glob.
+WSI_EXTENSIONS = SLIDE_EXTENSIONS - {".png", ".jpg", ".jpeg"}
+
+
+class InputError(ValueError):
+    """Bad INPUTS; the message lists every problem found, one per line."""
+
+
+@dataclass(frozen=True)
+class SlideInput:
+    slide_id: str
+    path: Path
+
+
+def slide_id_for(path: Path) -> str:
+    """A slide's id from its file name; a DICOM series is named by its folder."""
+    return path.parent.name if path.suffix.lower() == ".dcm" else path.stem
+
+
+def _scan_folder(folder: Path) -> list[Path]:
+    found, dicom_dirs = [], set()
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.suffix.lower() not in WSI_EXTENSIONS:
+            continue
+        if p.suffix.lower() == ".dcm":  # one slide per DICOM folder: OpenSlide finds the rest
+            if p.parent in dicom_dirs:
+                continue
+            dicom_dirs.add(p.parent)
+        found.append(p)
+    return found
+
+
+def read_manifest_slides(manifest: Path) -> list[SlideInput]:
+    """Slides of a cohort manifest (``slide_id``, ``slide_path`` relative to the manifest).
+
+    Every problem is collected and reported at once with its row number.
+    """
+    problems: list[str] = []
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in ("slide_id", "slide_path") if c not in columns]
+        if missing:
+            raise InputError(f"{manifest}: missing column(s) {', '.join(missing)} (has: {', '.join(columns)})")
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    out, seen = [], {}
+    for n, row in enumerate(rows, start=2):  # row 1 is the header
+        sid, rel = row["slide_id"], row["slide_path"]
+        if not sid:
+            problems.append(f"{manifest}:{n}: empty slide_id")
+            continue
+        if sid in seen:
+            problems.append(f"{manifest}:{n}: duplicate slide_id {sid!r} (first on row {seen[sid]})")
+            continue
+        seen[sid] = n
+        if not rel:
+            problems.append(f"{manifest}:{n}: empty slide_path for {sid!r}")
+            continue
+        path = Path(rel) if Path(rel).is_absolute() else manifest.parent / rel
+        if not path.exists():
+            problems.append(f"{manifest}:{n}: slide_path {rel!r} not found ({path})")
+            continue
+        out.append(SlideInput(sid, path))
+    if problems:
+        raise InputError("\n".join(problems))
+    return out
+
+
+def expand_inputs(inputs: list[str]) -> list[SlideInput]:
+    """Slides named by ``inputs``, sorted by id; raises :class:`InputError` listing
+    every input that matches nothing and every duplicate id."""
+    slides: list[SlideInput] = []
+    problems: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.suffix.lower() == ".csv" and path.is_file():
+            try:
+                slides += read_manifest_slides(path)
+            except InputError as exc:
+                problems.append(str(exc))
+        elif path.is_dir():
+            found = _scan_folder(path)
+            if not found:
+                problems.append(f"{item}: folder holds no slides ({', '.join(sorted(WSI_EXTENSIONS))})")
+            slides += [SlideInput(slide_id_for(p), p) for p in found]
+        elif path.exists():
+            slides.append(SlideInput(slide_id_for(path), path))
+        elif glob.has_magic(item):
+            matches = [Path(p) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()]
+            if not matches:
+                problems.append(f"{item}: pattern matches no file")
+            slides += [SlideInput(slide_id_for(p), p) for p in matches]
+        else:
+            problems.append(f"{item}: no such file or folder")
+    by_id: dict[str, list[SlideInput]] = {}
+    for s in slides:
+        by_id.setdefault(s.slide_id, []).append(s)
+    for sid, group in by_id.items():
+        paths = sorted({str(s.path.resolve()) for s in group})
+        if len(paths) > 1:
+            problems.append(f"slide id {sid!r} names several files: {', '.join(paths)} (rename one, or use a manifest)")
+    if problems:
+        raise InputError("\n".join(problems))
+    return sorted({s.slide_id: s for s in slides}.values(), key=lambda s: s.slide_id)
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (0 ≤ i < n) → (i, n)."""
+    if spec is None:
+        return None
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise InputError(f"--shard takes i/n with 0 <= i < n (e.g. 0/4 ... 3/4), got {spec!r}") from None
+    if not 0 <= i < n:
+        raise InputError(f"--shard takes i/n with 0 <= i < n (e.g. 0/4 ... 3/4), got {spec!r}")
+    return i, n
+
+
+def take_shard(slides: list[SlideInput], shard: tuple[int, int] | None) -> list[SlideInput]:
+    """Deterministic share of a batch: every n-th slide by sorted id, starting at i."""
+    if shard is None:
+        return slides
+    i, n = shard
+    return sorted(slides, key=lambda s: s.slide_id)[i::n]

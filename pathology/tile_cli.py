@@ -1,0 +1,98 @@
+"""``pathology tile``: slides in, one HDF5 bag per slide out."""
+
+from __future__ import annotations
+
+import functools
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .batch import Outcome, run_batch, summary_table
+from .inputs import InputError, SlideInput, expand_inputs, parse_shard, take_shard
+from .logs import setup_logging
+from .slide import BACKENDS
+from .stain import METHODS
+from .tiling.grid import GridSpec
+from .tiling.pipeline import TileOptions, tile_slide
+from .tiling.reader import default_threads
+from .tissue import TissueParams
+
+Backend = Enum("Backend", {n: n for n in ["auto", *BACKENDS]}, type=str)
+Stain = Enum("Stain", {n: n for n in METHODS}, type=str)
+
+
+class Kind(str, Enum):
+    he = "he"
+    ihc = "ihc"
+
+
+class Compression(str, Enum):
+    gzip = "gzip"
+    none = "none"
+
+
+def tile_job(slide: SlideInput, advance, *, out: Path, options: TileOptions, threads: int) -> Outcome:
+    """One slide of a ``pathology tile`` batch (module level so worker processes can run it)."""
+    r = tile_slide(slide.path, slide.slide_id, out, options, threads=threads, on_patches=advance)
+    return Outcome(r.slide_id, r.status, r.patches, r.seconds, r.message)
+
+
+def tile_command(
+    inputs: Annotated[list[str], typer.Argument(help="Slide files, folders, globs or a manifest CSV "
+                                                     "(columns slide_id, slide_path).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <slide_id>.h5 bags and qc/ pictures.")],
+    target_mpp: Annotated[float, typer.Option(help="Patch resolution in µm/px (0.5 ≈ 20x, 0.25 ≈ 40x).")] = 0.5,
+    patch_size: Annotated[int, typer.Option(help="Patch side in pixels at the target resolution.")] = 256,
+    overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring patches.")] = 0,
+    min_tissue: Annotated[float, typer.Option(help="Minimum tissue share of a kept patch.")] = 0.5,
+    stain: Annotated[Stain, typer.Option(help="Stain normalization (IHC: none, or macenko/vahadane "
+                                              "with H-DAB handling).")] = Stain("none"),
+    stain_ref: Annotated[Path | None, typer.Option(help="Reference image for normalization "
+                                                        "[default: the packaged one for --kind].",
+                                                   exists=True, dir_okay=False)] = None,
+    kind: Annotated[Kind, typer.Option(help="he: H&E. ihc: hematoxylin + DAB (normalization keeps DAB brown).")]
+    = Kind.he,
+    backend: Annotated[Backend, typer.Option(help="Slide reader; auto picks the first that opens the file.")]
+    = Backend.auto,
+    mpp: Annotated[float | None, typer.Option(help="Level-0 µm/px, overriding (or supplying) the metadata.")]
+    = None,
+    no_patches: Annotated[bool, typer.Option("--no-patches", help="Store coordinates only; the encoder "
+                                                                  "reads from the slide.")] = False,
+    compression: Annotated[Compression, typer.Option(help="Patch storage.")] = Compression.gzip,
+    mask_mpp: Annotated[float, typer.Option(help="Resolution (µm/px) of the tissue mask.")]
+    = TissueParams().mask_mpp,
+    shard: Annotated[str | None, typer.Option(help="Process share i/n of the batch (0 <= i < n), "
+                                                   "for cluster job arrays.")] = None,
+    workers: Annotated[int, typer.Option(help="Slides tiled in parallel (processes).")] = 1,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging with tracebacks.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and the summary.")] = False,
+) -> None:
+    """Find tissue, cut patches at a target µm/px, stain-normalize, and write one bag per slide.
+
+    Reruns skip slides whose bag is complete with the same parameters. A bad slide is
+    reported and skipped; the exit code is 1 if any slide failed.
+    """
+    console = setup_logging(verbose, quiet)
+    try:
+        slides = take_shard(expand_inputs(inputs), parse_shard(shard))
+        options = TileOptions(
+            grid=GridSpec(target_mpp=target_mpp, patch_size=patch_size, overlap=overlap, min_tissue=min_tissue),
+            tissue=TissueParams(mask_mpp=mask_mpp), stain=stain.value,
+            stain_ref=str(stain_ref) if stain_ref else None, kind=kind.value, backend=backend.value, mpp=mpp,
+            store_patches=not no_patches, compression=compression.value)
+    except (InputError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if not slides:
+        console.print("nothing to do: this shard holds no slides")
+        return
+    workers = max(1, min(workers, len(slides)))
+    threads = max(1, default_threads() // workers)
+    job = functools.partial(tile_job, out=out, options=options, threads=threads)
+    outcomes = run_batch(slides, job, workers=workers, unit="patches", console=console)
+    Console().print(summary_table(outcomes))
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)

@@ -1,0 +1,145 @@
+"""Tile one slide: tissue mask → grid → read → stain-normalize → bag + QC picture."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bag import BagWriter, completed_with, fingerprint, pair_or_scalar
+from ..qc import write_qc_image
+from ..slide import Slide, open_slide
+from ..stain import create_normalizer
+from ..tissue import TissueParams, detect_tissue
+from .grid import Grid, GridSpec, make_grid
+from .reader import PatchReader
+
+log = logging.getLogger(__name__)
+
+QC_MAX_SIDE = 2048  # the QC picture is downscaled beyond this
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """Everything that decides a bag's content (stored in it, compared on rerun)."""
+
+    grid: GridSpec = field(default_factory=GridSpec)
+    tissue: TissueParams = field(default_factory=TissueParams)
+    stain: str = "none"
+    stain_ref: str | None = None
+    kind: str = "he"                 # "he" or "ihc": IHC gets H-DAB handling (see pathology.stain)
+    backend: str = "auto"
+    mpp: float | None = None         # level-0 µm/px override
+    store_patches: bool = True
+    compression: str = "gzip"
+    stain_fit_patches: int = 32      # patches sampled per slide to fit the stain model
+
+    def params(self) -> dict[str, Any]:
+        """JSON-ready parameters; the reference is identified by content, not path."""
+        out = asdict(self)
+        if self.stain_ref:
+            out["stain_ref"] = hashlib.sha256(Path(self.stain_ref).read_bytes()).hexdigest()
+        return out
+
+
+@dataclass
+class TileResult:
+    slide_id: str
+    status: str            # "done", "skipped", "failed"
+    patches: int = 0
+    seconds: float = 0.0
+    message: str = ""
+
+
+def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: TileOptions,
+               threads: int = 2, on_patches: Callable[[int], None] | None = None) -> TileResult:
+    """Tile one slide into ``out_dir/<slide_id>.h5`` (and ``out_dir/qc/<slide_id>.png``).
+
+    Skips a complete bag made from the same file with the same options. Raises
+    :class:`pathology.slide.SlideError` (or ValueError) with a one-line message on bad input;
+    a bag already at the destination is never damaged by a failure.
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    bag_path = out_dir / f"{slide_id}.h5"
+    params = options.params()
+    fp = fingerprint(path)
+    reason = completed_with(bag_path, fp, params)
+    if reason is None:
+        return TileResult(slide_id, "skipped", message="bag complete with the same parameters")
+    log.debug("%s: tiling (%s)", slide_id, reason)
+    with open_slide(path, backend=options.backend, mpp=options.mpp) as slide:
+        mpp = slide.require_mpp()
+        thumb, mask, mask_scale = _tissue(slide, options.tissue)
+        grid = make_grid(slide.dimensions, (mpp.x, mpp.y),
+                         [slide.level_downsample_xy(i) for i in range(slide.level_count)],
+                         options.grid, mask.mask, mask_scale)
+        with PatchReader(slide, grid, options.grid.patch_size, threads=threads) as reader:
+            normalizer = _fit_stain(reader, grid, slide_id, options)
+            writer = BagWriter(bag_path, len(grid), options.grid.patch_size, options.store_patches,
+                               options.compression, threads=threads)
+            try:
+                writer.write_geometry(grid.coords, grid.tissue_fraction, grid.patch_size_level0)
+                writer.write_overview(thumb, mask.mask, mask_scale)
+                if options.store_patches and len(grid):
+                    for start, batch in reader:
+                        writer.write_patches(start, normalizer.transform(batch))
+                        if on_patches:
+                            on_patches(len(batch))
+                tiling = {"params": params, "read_level": grid.read_level, "reader": reader.source_name,
+                          "candidates": grid.candidates, "stride_level0": list(grid.stride_level0),
+                          "mask_downsample": list(mask_scale), "level_dimensions": slide.level_dimensions,
+                          "backend": slide.backend}
+                writer.commit({
+                    "slide_id": slide_id, "slide_path": str(Path(path).resolve()), "slide_fingerprint": fp,
+                    "mpp_level0": pair_or_scalar((mpp.x, mpp.y)), "mpp_source": mpp.source,
+                    "target_mpp": options.grid.target_mpp, "patch_size": options.grid.patch_size,
+                    "read_level": grid.read_level, "tiling": tiling, "stain": normalizer.to_attrs(),
+                })
+            except BaseException:
+                writer.abort()
+                raise
+        _write_qc(out_dir / "qc" / f"{slide_id}.png", thumb, mask, grid, mask_scale, slide_id, mpp.x, options)
+    return TileResult(slide_id, "done", len(grid), time.perf_counter() - t0,
+                      f"{len(grid)} patches from level {grid.read_level} via {reader.source_name}")
+
+
+def _tissue(slide: Slide, params: TissueParams):
+    """Thumbnail at the mask resolution and the tissue mask over it."""
+    mpp = slide.mpp
+    downsample = max(1.0, params.mask_mpp / mpp.x)
+    thumb = slide.read_scaled(downsample)
+    w0, h0 = slide.dimensions
+    scale = (w0 / thumb.shape[1], h0 / thumb.shape[0])  # exact level-0 px per thumbnail px
+    return thumb, detect_tissue(thumb, mpp.x * scale[0], params), scale
+
+
+def _fit_stain(reader: PatchReader, grid: Grid, slide_id: str, options: TileOptions):
+    """Create the normalizer and fit it on a reproducible sample of this slide's patches."""
+    normalizer = create_normalizer(options.stain, reference=options.stain_ref, kind=options.kind)
+    if options.stain == "none" or not len(grid):
+        return normalizer
+    seed = int.from_bytes(hashlib.sha256(slide_id.encode()).digest()[:8], "little")
+    n = min(options.stain_fit_patches, len(grid))
+    sample = np.sort(np.random.default_rng(seed).choice(len(grid), n, replace=False))
+    normalizer.fit_slide(np.concatenate([batch for _, batch in reader.read(sample)]))
+    return normalizer
+
+
+def _write_qc(path: Path, thumb: np.ndarray, mask, grid: Grid, scale: tuple[float, float], slide_id: str,
+              mpp: float, options: TileOptions) -> None:
+    """QC picture: thumbnail, tissue outline, excluded ink and the kept patch grid."""
+    shrink = max(1, int(np.ceil(max(thumb.shape[:2]) / QC_MAX_SIDE)))
+    w, h = grid.patch_size_level0
+    boxes = np.column_stack([grid.coords[:, 0], grid.coords[:, 1], grid.coords[:, 0] + w, grid.coords[:, 1] + h])
+    boxes = boxes / np.array([scale[0], scale[1], scale[0], scale[1]]) / shrink
+    title = (f"{slide_id}  ·  {len(grid)} patches of {options.grid.patch_size}px at "
+             f"{options.grid.target_mpp:g} µm/px  ·  slide {mpp:.3g} µm/px  ·  stain {options.stain}")
+    write_qc_image(path, thumb[::shrink, ::shrink], mask.mask[::shrink, ::shrink], boxes,
+                   pen_mask=mask.pen[::shrink, ::shrink], title=title)

@@ -1,0 +1,122 @@
+"""Read the grid's patches fast: each needed tile decoded once, in parallel threads,
+one chunk ahead of the consumer, never a whole level in memory.
+
+Patches arrive in grid order (sorted by y, then x), so once a chunk starts at tile
+row r no later patch needs a row above r: pieces above it are dropped from the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+from ..slide import Slide
+from .grid import Grid
+from .sources import Piece, open_source
+
+
+def level_boxes(coords: np.ndarray, size_level0: tuple[float, float],
+                downsample_xy: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (float) and covering integer boxes (x0, y0, x1, y1) of patches at a level."""
+    dx, dy = downsample_xy
+    exact = np.stack([coords[:, 0] / dx, coords[:, 1] / dy,
+                      (coords[:, 0] + size_level0[0]) / dx, (coords[:, 1] + size_level0[1]) / dy], axis=1)
+    covering = np.concatenate([np.floor(exact[:, :2] + 1e-6), np.ceil(exact[:, 2:] - 1e-6)], axis=1)
+    return exact, covering.astype(np.int64)
+
+
+def resize_patch(pixels: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """Cut the sub-pixel ``box`` out of ``pixels`` and resample it to ``size``² with an
+    anti-aliased filter (integer reductions use an exact box average)."""
+    h, w = pixels.shape[:2]
+    x0, y0, x1, y1 = box
+    if (w, h) == (size, size) and max(abs(x0), abs(y0), abs(x1 - w), abs(y1 - h)) < 1e-6:
+        return pixels
+    img = Image.fromarray(pixels)
+    fx, fy = (x1 - x0) / size, (y1 - y0) / size
+    k = round(fx)
+    if k >= 2 and abs(fx - k) < 1e-6 and abs(fy - k) < 1e-6 and max(abs(x0), abs(y0)) < 1e-6 \
+            and (w, h) == (size * k, size * k):
+        return np.asarray(img.reduce(k))
+    return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS, box=box))
+
+
+class PatchReader:
+    """Iterates a slide's grid patches as uint8 batches (n, S, S, 3) at the target µm/px."""
+
+    def __init__(self, slide: Slide, grid: Grid, patch_size: int, threads: int = 2, chunk: int = 64):
+        self.slide, self.grid, self.size = slide, grid, patch_size
+        self.threads, self.chunk = max(1, threads), max(1, chunk)
+        self.exact, self.covering = level_boxes(grid.coords, grid.patch_size_level0,
+                                                slide.level_downsample_xy(grid.read_level))
+        self.source = open_source(slide, grid.read_level)
+
+    @property
+    def source_name(self) -> str:
+        return self.source.name
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (index of the first patch, batch) for all patches in grid order."""
+        yield from self.read(np.arange(len(self.grid.coords)))
+
+    def read(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (position in ``indices``, batch) for the patches ``indices`` (ascending)."""
+        cache: dict[tuple, tuple[Piece, Future]] = {}
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="decode") as pool:
+            pending: tuple[int, list[Future]] | None = None
+            for start in range(0, len(indices), self.chunk):
+                idx = indices[start:start + self.chunk]
+                boxes = self.covering[idx]
+                top = int(boxes[:, 1].min())
+                for key in [k for k, (p, _) in cache.items() if p.box[3] <= top]:
+                    del cache[key]
+                futures = []
+                for i, plan in zip(idx, self.source.plan(boxes)):
+                    for piece in plan:
+                        if piece.key not in cache:
+                            cache[piece.key] = (piece, pool.submit(piece.load))
+                    futures.append(pool.submit(self._assemble, i, [cache[p.key] for p in plan]))
+                if pending is not None:
+                    yield pending[0], np.stack([f.result() for f in pending[1]])
+                pending = (start, futures)
+            if pending is not None:
+                yield pending[0], np.stack([f.result() for f in pending[1]])
+
+    def _assemble(self, i: int, pieces: list[tuple[Piece, Future]]) -> np.ndarray:
+        """Copy patch ``i``'s covering box out of the loaded pieces (white outside the
+        level) and resample it to the target size. Runs on a worker thread; the pieces
+        it waits for were submitted earlier, so they are already running."""
+        x0, y0, x1, y1 = (int(v) for v in self.covering[i])
+        out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
+        lw, lh = self.slide.level_dimensions[self.grid.read_level]
+        for piece, future in pieces:
+            px0, py0, px1, py1 = piece.box
+            ix0, iy0, ix1, iy1 = max(x0, px0), max(y0, py0), min(x1, px1), min(y1, py1)
+            data = future.result()
+            # A decoded edge tile may be padded beyond the level: clip to what it holds.
+            ix1, iy1 = min(ix1, px0 + data.shape[1], lw), min(iy1, py0 + data.shape[0], lh)
+            if ix0 < ix1 and iy0 < iy1:
+                out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = data[iy0 - py0:iy1 - py0, ix0 - px0:ix1 - px0]
+        ex = self.exact[i]
+        return resize_patch(out, (ex[0] - x0, ex[1] - y0, ex[2] - x0, ex[3] - y0), self.size)
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> "PatchReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def default_threads() -> int:
+    """Decode threads: every core (the codecs and PIL release the GIL)."""
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
