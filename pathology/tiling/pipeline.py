@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ..bag import BagWriter, completed_with, fingerprint, pair_or_scalar
 from ..qc import write_qc_image
@@ -39,6 +40,14 @@ class TileOptions:
     store_patches: bool = True
     compression: str = "gzip"
     stain_fit_patches: int = 32      # patches sampled per slide to fit the stain model
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "TileOptions":
+        """Options from a plain dict (a bag's or run's stored ``params``, or JSON)."""
+        params = dict(params)
+        params["grid"] = GridSpec(**params.get("grid", {}))
+        params["tissue"] = TissueParams(**params.get("tissue", {}))
+        return cls(**params)
 
     def params(self) -> dict[str, Any]:
         """JSON-ready parameters; the reference is identified by content, not path."""
@@ -128,7 +137,7 @@ def _fit_stain(reader: PatchReader, grid: Grid, slide_id: str, options: TileOpti
     seed = int.from_bytes(hashlib.sha256(slide_id.encode()).digest()[:8], "little")
     n = min(options.stain_fit_patches, len(grid))
     sample = np.sort(np.random.default_rng(seed).choice(len(grid), n, replace=False))
-    normalizer.fit_slide(np.concatenate([batch for _, batch in reader.read(sample)]))
+    normalizer.fit_slide(np.concatenate([batch for _, batch in reader.read(sample)]), expected_patches=len(grid))
     return normalizer
 
 
@@ -141,5 +150,7 @@ def _write_qc(path: Path, thumb: np.ndarray, mask, grid: Grid, scale: tuple[floa
     boxes = boxes / np.array([scale[0], scale[1], scale[0], scale[1]]) / shrink
     title = (f"{slide_id}  ·  {len(grid)} patches of {options.grid.patch_size}px at "
              f"{options.grid.target_mpp:g} µm/px  ·  slide {mpp:.3g} µm/px  ·  stain {options.stain}")
-    write_qc_image(path, thumb[::shrink, ::shrink], mask.mask[::shrink, ::shrink], boxes,
-                   pen_mask=mask.pen[::shrink, ::shrink], title=title)
+    small = np.asarray(Image.fromarray(thumb).reduce(shrink)) if shrink > 1 else thumb
+    h, w = small.shape[:2]
+    write_qc_image(path, small, mask.mask[::shrink, ::shrink][:h, :w], boxes,
+                   pen_mask=mask.pen[::shrink, ::shrink][:h, :w], title=title)
