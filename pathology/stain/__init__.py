@@ -14,8 +14,8 @@ Usage in the pipeline — fit once to a reference, once per slide, then transfor
 - ``method``: one of :data:`METHODS` (``none``, ``macenko``, ``vahadane``, ``reinhard``),
   looked up in the :data:`NORMALIZERS` registry. ``none`` reads nothing, fits nothing
   and returns every batch untouched.
-- ``reference``: ``None`` for the packaged default of ``kind`` (H&E: torchstain's target
-  image; IHC: scikit-image's ``ihc.png``; see ``references/README.md``), a file path, or a
+- ``reference``: ``None`` for the packaged default of ``kind`` (H&E: a CC0 crop of the CMU-1
+  slide; IHC: scikit-image's ``ihc.png``; see ``references/README.md``), a file path, or a
   uint8 RGB array. An unreadable file raises :class:`StainReferenceError` naming it.
 - ``kind``: ``"he"`` (hematoxylin + eosin) or ``"ihc"`` (hematoxylin + DAB). IHC fits its
   two stain vectors as hematoxylin and DAB by angle to the standard colour-deconvolution

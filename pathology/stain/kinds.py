@@ -54,6 +54,6 @@ class StainKind:
 
 
 KINDS: dict[str, StainKind] = {
-    "he": StainKind("he", ("hematoxylin", "eosin"), "he_torchstain_target.png", order_he),
+    "he": StainKind("he", ("hematoxylin", "eosin"), "he_cmu1.png", order_he),
     "ihc": StainKind("ihc", ("hematoxylin", "dab"), "ihc_skimage.png", order_h_dab),
 }
