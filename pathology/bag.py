@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -62,14 +61,13 @@ class BagWriter:
     """Builds one bag in a temporary file; :meth:`commit` renames it into place."""
 
     def __init__(self, path: str | Path, n_patches: int, patch_size: int, store_patches: bool = True,
-                 compression: str = "gzip", threads: int = 2):
+                 compression: str = "gzip"):
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
         self.path = Path(path)
         self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.compression = compression
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="deflate")
         self._file = h5py.File(self.tmp, "w")
         self.patches = None
         if store_patches:
@@ -90,15 +88,21 @@ class BagWriter:
             d = self._file.create_dataset(name, data=data, compression="gzip", compression_opts=4)
             d.attrs["downsample"] = np.asarray(downsample, np.float64)
 
-    def write_patches(self, start: int, batch: np.ndarray) -> None:
-        """Store patches ``start … start+len(batch)``; chunks compress on worker threads."""
+    def encode(self, batch: np.ndarray) -> list[bytes] | np.ndarray:
+        """Compress patches into their stored chunks. Thread-safe: the tiler calls it on
+        its worker threads so compression runs in parallel with decoding."""
+        if self.compression == "none":
+            return batch
+        return [imagecodecs.deflate_encode(np.ascontiguousarray(p), level=GZIP_LEVEL) for p in batch]
+
+    def write_encoded(self, start: int, encoded: list[bytes] | np.ndarray) -> None:
+        """Store encoded patches ``start … start+len(encoded)`` (main thread only)."""
         if self.patches is None:
             return
         if self.compression == "none":
-            self.patches[start:start + len(batch)] = batch
+            self.patches[start:start + len(encoded)] = encoded
             return
-        encode = lambda p: imagecodecs.deflate_encode(np.ascontiguousarray(p), level=GZIP_LEVEL)  # noqa: E731
-        for i, chunk in enumerate(self._pool.map(encode, batch)):
+        for i, chunk in enumerate(encoded):
             self.patches.id.write_direct_chunk((start + i, 0, 0, 0), chunk)
 
     def commit(self, attrs: dict[str, Any]) -> Path:
@@ -119,7 +123,6 @@ class BagWriter:
         self.tmp.unlink(missing_ok=True)
 
     def _close(self) -> None:
-        self._pool.shutdown()
         if self._file.id.valid:
             self._file.close()
 

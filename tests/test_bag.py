@@ -15,8 +15,8 @@ def make_bag(path, n=5, size=32, compression="gzip", params=None, fp="fp-1", sto
     w = BagWriter(path, n, size, store_patches=store, compression=compression)
     w.write_geometry(np.arange(n * 2).reshape(n, 2) * 10, np.linspace(0.5, 1, n), (64.0, 64.0))
     w.write_overview(np.zeros((8, 9, 3), np.uint8), np.ones((8, 9), bool), (16.0, 16.0))
-    w.write_patches(0, patches[:3])
-    w.write_patches(3, patches[3:])
+    w.write_encoded(0, w.encode(patches[:3]))
+    w.write_encoded(3, w.encode(patches[3:]))
     w.commit({"slide_id": "s1", "slide_fingerprint": fp, "mpp_level0": 0.25,
               "tiling": {"params": params or {"a": 1}}, "stain": {"method": "none"}})
     return patches
@@ -52,7 +52,7 @@ def test_abort_leaves_the_existing_bag_untouched(tmp_path):
     patches = make_bag(path)
     before = path.read_bytes()
     w = BagWriter(path, 3, 32)
-    w.write_patches(0, np.zeros((3, 32, 32, 3), np.uint8))
+    w.write_encoded(0, w.encode(np.zeros((3, 32, 32, 3), np.uint8)))
     assert path.read_bytes() == before  # writing goes to a temporary file
     w.abort()
     assert path.read_bytes() == before and not list(tmp_path.glob("*.partial"))

@@ -93,10 +93,10 @@ def test_failure_mid_write_keeps_the_old_bag(tmp_path, synthetic, monkeypatch):
     tile(synthetic.slide, "--out", out, "--patch-size", "128")
     before = (out / "syn.h5").read_bytes()
 
-    def boom(self, start, batch):
+    def boom(self, start, encoded):
         raise OSError("disk full")
 
-    monkeypatch.setattr("pathology.bag.BagWriter.write_patches", boom)
+    monkeypatch.setattr("pathology.bag.BagWriter.write_encoded", boom)
     result = tile(synthetic.slide, "--out", out)  # new parameters: would rebuild
     assert result.exit_code == 1 and "disk full" in result.output
     assert (out / "syn.h5").read_bytes() == before

@@ -203,7 +203,7 @@ def rgba_to_rgb(arr: np.ndarray) -> np.ndarray:
         return np.repeat(arr[..., None], 3, axis=2)
     if arr.shape[2] == 3:
         return arr
-    rgb, a = arr[..., :3].astype(np.uint16), arr[..., 3:4].astype(np.uint16)
-    if a.min() == 255:
+    if arr[..., 3].min() == 255:
         return np.ascontiguousarray(arr[..., :3])
+    rgb, a = arr[..., :3].astype(np.uint16), arr[..., 3:4].astype(np.uint16)
     return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)

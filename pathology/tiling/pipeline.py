@@ -92,15 +92,16 @@ def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: Ti
         with PatchReader(slide, grid, options.grid.patch_size, threads=threads) as reader:
             normalizer = _fit_stain(reader, grid, slide_id, options)
             writer = BagWriter(bag_path, len(grid), options.grid.patch_size, options.store_patches,
-                               options.compression, threads=threads)
+                               options.compression)
             try:
                 writer.write_geometry(grid.coords, grid.tissue_fraction, grid.patch_size_level0)
                 writer.write_overview(thumb, mask.mask, mask_scale)
                 if options.store_patches and len(grid):
-                    for start, batch in reader:
-                        writer.write_patches(start, normalizer.transform(batch))
+                    prepare = lambda batch: writer.encode(normalizer.transform(batch))  # noqa: E731
+                    for start, encoded in reader.read(np.arange(len(grid)), prepare):
+                        writer.write_encoded(start, encoded)
                         if on_patches:
-                            on_patches(len(batch))
+                            on_patches(len(encoded))
                 tiling = {"params": params, "read_level": grid.read_level, "reader": reader.source_name,
                           "candidates": grid.candidates, "stride_level0": list(grid.stride_level0),
                           "mask_downsample": list(mask_scale), "level_dimensions": slide.level_dimensions,

@@ -7,15 +7,20 @@ row r no later patch needs a row above r: pieces above it are dropped from the c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from ..slide import Slide
 from .grid import Grid
 from .sources import Piece, open_source
+
+T = TypeVar("T")
 
 
 def level_boxes(coords: np.ndarray, size_level0: tuple[float, float],
@@ -35,13 +40,13 @@ def resize_patch(pixels: np.ndarray, box: tuple[float, float, float, float], siz
     x0, y0, x1, y1 = box
     if (w, h) == (size, size) and max(abs(x0), abs(y0), abs(x1 - w), abs(y1 - h)) < 1e-6:
         return pixels
-    img = Image.fromarray(pixels)
     fx, fy = (x1 - x0) / size, (y1 - y0) / size
     k = round(fx)
     if k >= 2 and abs(fx - k) < 1e-6 and abs(fy - k) < 1e-6 and max(abs(x0), abs(y0)) < 1e-6 \
             and (w, h) == (size * k, size * k):
-        return np.asarray(img.reduce(k))
-    return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS, box=box))
+        # exact k x k block average; OpenCV's SIMD area filter is ~5x faster than PIL's reduce
+        return cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA)
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS, box=box))
 
 
 class PatchReader:
@@ -53,6 +58,7 @@ class PatchReader:
         self.exact, self.covering = level_boxes(grid.coords, grid.patch_size_level0,
                                                 slide.level_downsample_xy(grid.read_level))
         self.source = open_source(slide, grid.read_level)
+        cv2.setNumThreads(1)  # the reader's own threads parallelize; nested OpenCV threads would thrash
 
     @property
     def source_name(self) -> str:
@@ -62,40 +68,55 @@ class PatchReader:
         """Yield (index of the first patch, batch) for all patches in grid order."""
         yield from self.read(np.arange(len(self.grid.coords)))
 
-    def read(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (position in ``indices``, batch) for the patches ``indices`` (ascending)."""
-        cache: dict[tuple, tuple[Piece, Future]] = {}
+    def read(self, indices: np.ndarray, transform: Callable[[np.ndarray], T] | None = None
+             ) -> Iterator[tuple[int, np.ndarray | T]]:
+        """Yield (position in ``indices`` of the first patch, batch) for the patches
+        ``indices`` (ascending), in order. ``transform`` (batch → anything) runs on the
+        worker threads, so per-patch work such as normalizing and compressing runs in
+        parallel with decoding; its result is yielded instead of the batch.
+
+        Work is handed to the threads in a few groups per chunk, not per tile: a task
+        per 0.3-ms tile would spend a third of the time in the executor.
+        """
+        cache: dict[tuple, _Slot] = {}
         with ThreadPoolExecutor(self.threads, thread_name_prefix="decode") as pool:
-            pending: tuple[int, list[Future]] | None = None
+            pending: list[tuple[int, Future]] = []
             for start in range(0, len(indices), self.chunk):
                 idx = indices[start:start + self.chunk]
                 boxes = self.covering[idx]
                 top = int(boxes[:, 1].min())
-                for key in [k for k, (p, _) in cache.items() if p.box[3] <= top]:
+                for key in [k for k, slot in cache.items() if slot.piece.box[3] <= top]:
                     del cache[key]
-                futures = []
-                for i, plan in zip(idx, self.source.plan(boxes)):
-                    for piece in plan:
-                        if piece.key not in cache:
-                            cache[piece.key] = (piece, pool.submit(piece.load))
-                    futures.append(pool.submit(self._assemble, i, [cache[p.key] for p in plan]))
-                if pending is not None:
-                    yield pending[0], np.stack([f.result() for f in pending[1]])
-                pending = (start, futures)
-            if pending is not None:
-                yield pending[0], np.stack([f.result() for f in pending[1]])
+                plans = self.source.plan(boxes)
+                new = list({p.key: p for plan in plans for p in plan if p.key not in cache}.values())
+                for group in _split(new, self.threads):
+                    loaded = pool.submit(_load_all, group)
+                    cache.update({p.key: _Slot(p, loaded, j) for j, p in enumerate(group)})
+                work = [(int(i), [cache[p.key] for p in plan]) for i, plan in zip(idx, plans)]
+                offset = start
+                submitted = []
+                for part in _split(work, self.threads):
+                    submitted.append((offset, pool.submit(self._assemble_all, part, transform)))
+                    offset += len(part)
+                yield from ((o, f.result()) for o, f in pending)
+                pending = submitted
+            yield from ((o, f.result()) for o, f in pending)
 
-    def _assemble(self, i: int, pieces: list[tuple[Piece, Future]]) -> np.ndarray:
+    def _assemble_all(self, work: list[tuple[int, list["_Slot"]]], transform):
+        batch = np.stack([self._assemble(i, slots) for i, slots in work])
+        return transform(batch) if transform else batch
+
+    def _assemble(self, i: int, slots: list["_Slot"]) -> np.ndarray:
         """Copy patch ``i``'s covering box out of the loaded pieces (white outside the
         level) and resample it to the target size. Runs on a worker thread; the pieces
         it waits for were submitted earlier, so they are already running."""
         x0, y0, x1, y1 = (int(v) for v in self.covering[i])
         out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
         lw, lh = self.slide.level_dimensions[self.grid.read_level]
-        for piece, future in pieces:
-            px0, py0, px1, py1 = piece.box
+        for slot in slots:
+            px0, py0, px1, py1 = slot.piece.box
             ix0, iy0, ix1, iy1 = max(x0, px0), max(y0, py0), min(x1, px1), min(y1, py1)
-            data = future.result()
+            data = slot.pixels()
             # A decoded edge tile may be padded beyond the level: clip to what it holds.
             ix1, iy1 = min(ix1, px0 + data.shape[1], lw), min(iy1, py0 + data.shape[0], lh)
             if ix0 < ix1 and iy0 < iy1:
@@ -111,6 +132,28 @@ class PatchReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A cached piece: which group-load future holds its pixels, and where."""
+
+    piece: Piece
+    group: Future
+    index: int
+
+    def pixels(self) -> np.ndarray:
+        return self.group.result()[self.index]
+
+
+def _load_all(pieces: list[Piece]) -> list[np.ndarray]:
+    return [p.load() for p in pieces]
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """``items`` in at most ``parts`` contiguous, near-equal, non-empty runs."""
+    size = -(-len(items) // max(1, parts)) if items else 1
+    return [items[k:k + size] for k in range(0, len(items), size)]
 
 
 def default_threads() -> int:
