@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _results import machine, markdown_table, write_section  # noqa: E402
 
 WORK = Path(__file__).resolve().parent.parent / "bench_tmp"
+REPEATS = 3  # best of three: the shared 2-core machine is noisy
 
 # Runs `tile_slide` in a fresh process and reports seconds and peak RSS as JSON.
 TILE_SNIPPET = """
@@ -51,14 +52,22 @@ def synthetic_slide(width: int, height: int) -> Path:
     return path
 
 
-def run_tile(slide: Path, out: Path, **options) -> dict:
-    """`tile_slide` in its own process: seconds, patches, peak RSS."""
+def run_tile(slide: Path, out: Path, repeats: int = REPEATS, **options) -> dict:
+    """`tile_slide` in a fresh process each time: best seconds, patches, peak RSS."""
     import shutil
 
-    shutil.rmtree(out, ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-c", TILE_SNIPPET, str(slide), str(out), json.dumps(options)],
-                          capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = []
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run([sys.executable, "-c", TILE_SNIPPET, str(slide), str(out), json.dumps(options)],
+                              capture_output=True, text=True, check=True)
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return min(runs, key=lambda r: r["seconds"])
+
+
+def best_of(fn, repeats: int = REPEATS):
+    """The fastest of ``repeats`` calls of ``fn`` returning (seconds, …)."""
+    return min((fn() for _ in range(repeats)), key=lambda r: r[0])
 
 
 def decode_floor(slide: Path, coords: np.ndarray, size0: int) -> tuple[float, int]:
@@ -81,6 +90,22 @@ def decode_floor(slide: Path, coords: np.ndarray, size0: int) -> tuple[float, in
         for data, i in blobs:
             page.decode(data, i, jpegtables=page.jpegtables)
         return time.perf_counter() - t, len(needed)
+
+
+def our_reader(slide: Path, out: Path) -> tuple[float, int]:
+    """`pathology`'s patch reader alone (decode, assemble, resample) over the bag's grid."""
+    from pathology.slide import open_slide
+    from pathology.tiling.grid import Grid
+    from pathology.tiling.reader import PatchReader, default_threads
+
+    with h5py.File(out) as f, open_slide(slide) as s:
+        size0 = float(f["coords"].attrs["patch_size_level0"])
+        grid = Grid(f["coords"][:], f["tissue_fraction"][:], (size0, size0), (size0, size0),
+                    int(f.attrs["read_level"]), len(f["coords"]))
+        with PatchReader(s, grid, int(f.attrs["patch_size"]), threads=default_threads()) as reader:
+            t = time.perf_counter()
+            n = sum(len(batch) for _, batch in reader)
+            return time.perf_counter() - t, n
 
 
 def clam_path(slide: Path, coords: np.ndarray, size0: int, size: int) -> float:
@@ -134,31 +159,37 @@ def main() -> None:
         coords = f["coords"][:]
         size0 = int(f["coords"].attrs["patch_size_level0"])
     n = len(coords)
-    floor_s, tiles = decode_floor(slide, coords, size0)
-    clam_s = clam_path(slide, coords, size0, 256)
-    hs2p_s, hs2p_n = hs2p_path(slide)
+    floor_s, tiles = best_of(lambda: decode_floor(slide, coords, size0))
+    reader_s, _ = best_of(lambda: our_reader(slide, WORK / "out" / "bench.h5"))
+    clam_s = best_of(lambda: (clam_path(slide, coords, size0, 256),))[0]
+    hs2p_s, hs2p_n = best_of(lambda: hs2p_path(slide))
 
     rows = [["decode floor: each needed JPEG tile once, 1 thread", f"{floor_s:.2f}", f"{n / floor_s:.0f}",
              "1.00", "", f"{tiles} tiles"]]
     for name, r in results.items():
         rows.append([name, f"{r['seconds']:.2f}", f"{r['patches'] / r['seconds']:.0f}",
                      f"{r['seconds'] / floor_s:.2f}", f"{r['rss_mb']:.0f}", f"{r['patches']} patches"])
+    rows.append(["pathology patch reader alone (decode + resample, no tissue/normalize/write)",
+                 f"{reader_s:.2f}", f"{n / reader_s:.0f}", f"{reader_s / floor_s:.2f}", "", f"{n} patches"])
     rows.append(["CLAM path: OpenSlide read_region 512² + RGB + PIL resize", f"{clam_s:.2f}",
                  f"{n / clam_s:.0f}", f"{clam_s / floor_s:.2f}", "", f"{n} patches"])
     rows.append(["hs2p 6.1 supertile reader (openslide backend)", f"{hs2p_s:.2f}", f"{hs2p_n / hs2p_s:.0f}",
                  f"{hs2p_s / (floor_s * hs2p_n / n):.2f}", "", f"{hs2p_n} patches (its own tissue grid)"])
     if args.big:
         big = synthetic_slide(100000, 80000)
-        r = run_tile(big, WORK / "out_big", grid=grid)
+        r = run_tile(big, WORK / "out_big", repeats=1, grid=grid)
         rows.append(["pathology tile, --stain none, 100000x80000 slide", f"{r['seconds']:.2f}",
                      f"{r['patches'] / r['seconds']:.0f}", "", f"{r['rss_mb']:.0f}", f"{r['patches']} patches"])
     table = markdown_table(["reader", "seconds", "patches/s", "× floor", "peak RSS MB", "notes"], rows)
     tile_none = results["pathology tile, --stain none"]
     body = (f"Machine: {machine()}.\n\nSlide: synthetic {w}x{h} SVS, 0.25 µm/px, 256-px JPEG tiles, tiled at "
             f"0.5 µm/px, 256 px ({n} patches kept). `pathology tile` runs with {os.cpu_count()} decode threads; "
-            f"the floor is one thread. Seconds exclude interpreter start-up.\n\n{table}\n\n"
-            f"`pathology tile --stain none` is {clam_s / tile_none['seconds']:.1f}x the CLAM path and "
-            f"{(hs2p_s / hs2p_n) / (tile_none['seconds'] / tile_none['patches']):.1f}x hs2p per patch.")
+            f"the floor is one thread. Seconds exclude interpreter start-up; best of {REPEATS} runs "
+            f"(the 100000x80000 run: one).\n\n{table}\n\n"
+            f"Per patch, the reader alone is {(hs2p_s / hs2p_n) / (reader_s / n):.1f}x hs2p's reader and "
+            f"{clam_s / reader_s:.1f}x the CLAM path; the whole `pathology tile --stain none` (tissue "
+            f"detection, QC picture and gzip-compressed bag included) is "
+            f"{(hs2p_s / hs2p_n) / (tile_none['seconds'] / tile_none['patches']):.1f}x hs2p's reader alone.")
     print(body)
     write_section("bench_tile.py", body)
 

@@ -51,7 +51,7 @@ def tile_command(
     stain: Annotated[Stain, typer.Option(help="Stain normalization (IHC: none, or macenko/vahadane "
                                               "with H-DAB handling).")] = Stain("none"),
     stain_ref: Annotated[Path | None, typer.Option(help="Reference image for normalization "
-                                                        "[default: the packaged one for --kind].",
+                                                        "(default: the packaged one for --kind).",
                                                    exists=True, dir_okay=False)] = None,
     kind: Annotated[Kind, typer.Option(help="he: H&E. ihc: hematoxylin + DAB (normalization keeps DAB brown).")]
     = Kind.he,
@@ -72,8 +72,9 @@ def tile_command(
 ) -> None:
     """Find tissue, cut patches at a target µm/px, stain-normalize, and write one bag per slide.
 
-    Reruns skip slides whose bag is complete with the same parameters. A bad slide is
-    reported and skipped; the exit code is 1 if any slide failed.
+    Reruns skip slides whose bag is complete with the same parameters.
+
+    A bad slide is reported and skipped; the exit code is 1 if any slide failed.
     """
     console = setup_logging(verbose, quiet)
     try:

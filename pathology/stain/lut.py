@@ -9,7 +9,9 @@ direct path (benchmarks/bench_stain.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -29,15 +31,22 @@ def _rgba_words(pixels: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(pixels.reshape(1, -1, 3), cv2.COLOR_RGB2RGBA).view(np.uint32).ravel()
 
 
-def build_lut(pixel_map: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Table of ``pixel_map`` over every colour, indexed by r | g<<8 | b<<16."""
+def build_lut(pixel_map: Callable[[np.ndarray], np.ndarray], threads: int | None = None) -> np.ndarray:
+    """Table of ``pixel_map`` over every colour, indexed by r | g<<8 | b<<16; the blue
+    planes are shared among ``threads`` (default: every core; NumPy releases the GIL)."""
     lut = np.empty(ENTRIES, np.uint32)
-    plane = np.empty((_PLANE, 3), np.uint8)
-    plane[:, 0] = np.tile(np.arange(256, dtype=np.uint8), 256)
-    plane[:, 1] = np.repeat(np.arange(256, dtype=np.uint8), 256)
-    for blue in range(256):
-        plane[:, 2] = blue
-        lut[blue * _PLANE:(blue + 1) * _PLANE] = _rgba_words(pixel_map(plane))
+
+    def planes(blues: range) -> None:
+        plane = np.empty((_PLANE, 3), np.uint8)
+        plane[:, 0] = np.tile(np.arange(256, dtype=np.uint8), 256)
+        plane[:, 1] = np.repeat(np.arange(256, dtype=np.uint8), 256)
+        for blue in blues:
+            plane[:, 2] = blue
+            lut[blue * _PLANE:(blue + 1) * _PLANE] = _rgba_words(pixel_map(plane))
+
+    threads = threads or len(os.sched_getaffinity(0))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(planes, [range(i, 256, threads) for i in range(threads)]))
     lut.flags.writeable = False
     return lut
 

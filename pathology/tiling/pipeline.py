@@ -39,7 +39,7 @@ class TileOptions:
     mpp: float | None = None         # level-0 µm/px override
     store_patches: bool = True
     compression: str = "gzip"
-    stain_fit_patches: int = 32      # patches sampled per slide to fit the stain model
+    stain_fit_patches: int = 16      # patches sampled per slide to fit the stain model (~1 M pixels)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TileOptions":
