@@ -153,3 +153,11 @@ def test_manifest_input(tmp_path, synthetic):
     result = tile(tmp_path / "m.csv", "--out", tmp_path / "bags", "--no-patches")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "bags" / "CASE-1.h5").exists()
+
+
+def test_a_slide_without_tissue_is_done_but_flagged(tmp_path, data):
+    result = tile(data / "histolab/no-tissue.png", "--out", tmp_path, "--mpp", "0.5")
+    assert result.exit_code == 0 and "no tissue found" in result.output
+    with h5py.File(tmp_path / "no-tissue.h5") as f:
+        assert f["coords"].shape == (0, 2) and f["patches"].shape == (0, 256, 256, 3)
+    assert (tmp_path / "qc" / "no-tissue.png").exists()

@@ -116,6 +116,9 @@ def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: Ti
                 writer.abort()
                 raise
         _write_qc(out_dir / "qc" / f"{slide_id}.png", thumb, mask, grid, mask_scale, slide_id, mpp.x, options)
+    if not len(grid):
+        log.warning("%s: no tissue found; check qc/%s.png (or lower --min-tissue)", slide_id, slide_id)
+        return TileResult(slide_id, "done", 0, time.perf_counter() - t0, f"no tissue found: see qc/{slide_id}.png")
     return TileResult(slide_id, "done", len(grid), time.perf_counter() - t0,
                       f"{len(grid)} patches from level {grid.read_level} via {reader.source_name}")
 

@@ -7,6 +7,7 @@ row r no later patch needs a row above r: pieces above it are dropped from the c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -157,9 +158,7 @@ def _split(items: list, parts: int) -> list[list]:
 
 
 def default_threads() -> int:
-    """Decode threads: every core (the codecs and PIL release the GIL)."""
-    import os
-
+    """Decode threads: every core (the codecs, OpenCV and PIL release the GIL)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
