@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import machine, markdown_table, write_section  # noqa: E402
 
+from pathology.cores import available_cores  # noqa: E402
+
 WORK = Path(__file__).resolve().parent.parent / "bench_tmp"
 REPEATS = 3  # best of three: the shared 2-core machine is noisy
 
@@ -30,10 +31,10 @@ REPEATS = 3  # best of three: the shared 2-core machine is noisy
 TILE_SNIPPET = """
 import json, resource, sys, time
 from pathology.tiling.pipeline import TileOptions, tile_slide
-from pathology.tiling.reader import default_threads
+from pathology.cores import available_cores
 opts = TileOptions.from_params(json.loads(sys.argv[3]))
 t = time.perf_counter()
-r = tile_slide(sys.argv[1], "bench", sys.argv[2], opts, threads=default_threads())
+r = tile_slide(sys.argv[1], "bench", sys.argv[2], opts, threads=available_cores())
 print(json.dumps({"seconds": time.perf_counter() - t, "patches": r.patches, "status": r.status,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -96,13 +97,13 @@ def our_reader(slide: Path, out: Path) -> tuple[float, int]:
     """`pathology`'s patch reader alone (decode, assemble, resample) over the bag's grid."""
     from pathology.slide import open_slide
     from pathology.tiling.grid import Grid
-    from pathology.tiling.reader import PatchReader, default_threads
+    from pathology.tiling.reader import PatchReader
 
     with h5py.File(out) as f, open_slide(slide) as s:
         size0 = float(f["coords"].attrs["patch_size_level0"])
         grid = Grid(f["coords"][:], f["tissue_fraction"][:], (size0, size0), (size0, size0),
                     int(f.attrs["read_level"]), len(f["coords"]))
-        with PatchReader(s, grid, int(f.attrs["patch_size"]), threads=default_threads()) as reader:
+        with PatchReader(s, grid, int(f.attrs["patch_size"]), threads=available_cores()) as reader:
             t = time.perf_counter()
             n = sum(len(batch) for _, batch in reader)
             return time.perf_counter() - t, n
@@ -111,7 +112,6 @@ def our_reader(slide: Path, out: Path) -> tuple[float, int]:
 def clam_path(slide: Path, coords: np.ndarray, size0: int, size: int) -> float:
     """CLAM's patch reading: OpenSlide read_region per patch, RGBA→RGB, PIL resize."""
     import openslide
-    from PIL import Image
 
     osr = openslide.OpenSlide(str(slide))
     t = time.perf_counter()
@@ -183,7 +183,7 @@ def main() -> None:
     table = markdown_table(["reader", "seconds", "patches/s", "× floor", "peak RSS MB", "notes"], rows)
     tile_none = results["pathology tile, --stain none"]
     body = (f"Machine: {machine()}.\n\nSlide: synthetic {w}x{h} SVS, 0.25 µm/px, 256-px JPEG tiles, tiled at "
-            f"0.5 µm/px, 256 px ({n} patches kept). `pathology tile` runs with {os.cpu_count()} decode threads; "
+            f"0.5 µm/px, 256 px ({n} patches kept). `pathology tile` runs with {available_cores()} decode threads; "
             f"the floor is one thread. Seconds exclude interpreter start-up; best of {REPEATS} runs "
             f"(the 100000x80000 run: one).\n\n{table}\n\n"
             f"Per patch, the reader alone is {(hs2p_s / hs2p_n) / (reader_s / n):.1f}x hs2p's reader and "

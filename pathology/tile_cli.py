@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from .cores import available_cores
 from .batch import Outcome, run_batch, summary_table
 from .inputs import InputError, SlideInput, expand_inputs, parse_shard, take_shard
 from .logs import setup_logging
@@ -17,7 +18,6 @@ from .slide import BACKENDS
 from .stain import METHODS
 from .tiling.grid import GridSpec
 from .tiling.pipeline import TileOptions, tile_slide
-from .tiling.reader import default_threads
 from .tissue import TissueParams
 
 Backend = Enum("Backend", {n: n for n in ["auto", *BACKENDS]}, type=str)
@@ -91,7 +91,7 @@ def tile_command(
         console.print("nothing to do: this shard holds no slides")
         return
     workers = max(1, min(workers, len(slides)))
-    threads = max(1, default_threads() // workers)
+    threads = max(1, available_cores() // workers)
     job = functools.partial(tile_job, out=out, options=options, threads=threads)
     outcomes = run_batch(slides, job, workers=workers, unit="patches", console=console)
     Console().print(summary_table(outcomes))

@@ -149,7 +149,7 @@ class Slide:
         out_w, out_h = max(1, round(w0 / downsample)), max(1, round(h0 / downsample))
         level = self.best_level_for(downsample)
         lw, lh = self.level_dimensions[level]
-        sx, sy = lw / out_w, lh / out_h  # level pixels per output pixel
+        sy = lh / out_h  # level rows per output row
         rows = max(1, int(strip / sy))
         out = np.empty((out_h, out_w, 3), np.uint8)
         for oy in range(0, out_h, rows):

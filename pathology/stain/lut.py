@@ -9,12 +9,13 @@ direct path (benchmarks/bench_stain.py).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
+
+from ..cores import available_cores
 
 ENTRIES = 1 << 24
 BUILD_COST_PIXELS = 20_000_000
@@ -44,7 +45,7 @@ def build_lut(pixel_map: Callable[[np.ndarray], np.ndarray], threads: int | None
             plane[:, 2] = blue
             lut[blue * _PLANE:(blue + 1) * _PLANE] = _rgba_words(pixel_map(plane))
 
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or available_cores()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(planes, [range(i, 256, threads) for i in range(threads)]))
     lut.flags.writeable = False

@@ -7,7 +7,6 @@ row r no later patch needs a row above r: pieces above it are dropped from the c
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -155,10 +154,3 @@ def _split(items: list, parts: int) -> list[list]:
     """``items`` in at most ``parts`` contiguous, near-equal, non-empty runs."""
     size = -(-len(items) // max(1, parts)) if items else 1
     return [items[k:k + size] for k in range(0, len(items), size)]
-
-
-def default_threads() -> int:
-    """Decode threads: every core (the codecs, OpenCV and PIL release the GIL)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-

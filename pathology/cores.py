@@ -1,0 +1,12 @@
+"""How many cores this process may use (its CPU affinity, which job schedulers set)."""
+
+from __future__ import annotations
+
+import os
+
+
+def available_cores() -> int:
+    """Cores available to this process: the affinity mask where the OS has one."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
