@@ -53,15 +53,16 @@ def run_one(job: Job, slide: SlideInput, advance: Callable[[int], None] = lambda
 
 
 def run_batch(slides: list[SlideInput], job: Job, *, workers: int = 1, unit: str = "patches",
-              console: Console | None = None) -> list[Outcome]:
-    """Run ``job`` over ``slides`` (``workers`` processes when > 1) with a progress bar."""
+              console: Console | None = None, total: int | None = None) -> list[Outcome]:
+    """Run ``job`` over ``slides`` (``workers`` processes when > 1) with a progress bar
+    (over ``total`` units of work across the batch, when known up front)."""
     console = console or Console(stderr=True)
     outcomes: list[Outcome] = []
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         slides_task = progress.add_task("slides", total=len(slides))
-        units_task = progress.add_task(unit, total=None)
+        units_task = progress.add_task(unit, total=total)
 
         def finished(outcome: Outcome) -> None:
             outcomes.append(outcome)

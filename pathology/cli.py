@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import typer
 
+from .embed.cli import embed_command
+from .encoders.cli import app as encoders_app
 from .synth.cli import synth_command
 from .tile_cli import tile_command
 
-app = typer.Typer(help="Whole-slide pathology pipeline: synthesize, tile, normalize, store bags.",
+app = typer.Typer(help="Whole-slide pathology pipeline: synthesize, tile, normalize, store bags, embed.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.command("tile")(tile_command)
+app.command("embed")(embed_command)
+app.add_typer(encoders_app, name="encoders")
 app.command("synth")(synth_command)

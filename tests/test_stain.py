@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from skimage.color import rgb2hed, rgb2hsv
 
-from pathology.stain import (METHODS, StainFitError, StainReferenceError, create_normalizer)
+from pathology.stain import METHODS, StainFitError, StainReferenceError, create_normalizer, restore_normalizer
 from pathology.stain import lut as lut_module
 from pathology.stain.kernel import StainTransfer
 from pathology.stain.lasso import nonneg_lasso2
@@ -343,3 +343,22 @@ def test_unknown_method_or_kind():
         create_normalizer("macenko", kind="pas")
     with pytest.raises(ValueError, match="uint8 RGB"):
         create_normalizer("macenko").fit_slide(np.zeros((1, 8, 8, 4), np.uint8))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", ["he", "ihc"])
+def test_bag_record_restores_the_fitted_normalizer(method, kind, pair, ihc):
+    """A coords-only bag's patches are re-read from the slide and must be normalized as the
+    tiler did, from the bag's ``stain`` attribute alone (JSON, no reference file)."""
+    source = ihc if kind == "ihc" else pair[0]
+    fitted = create_normalizer(method, kind=kind).fit_slide(source)
+    restored = restore_normalizer(json.loads(json.dumps(fitted.to_attrs())))
+    assert restored.to_attrs() == fitted.to_attrs()
+    assert np.array_equal(restored.transform(source), fitted.transform(source))
+    if method != "none":
+        assert not np.array_equal(fitted.transform(source), source)  # the check has teeth
+
+
+def test_unknown_stain_record_is_refused():
+    with pytest.raises(ValueError, match="unknown stain record"):
+        restore_normalizer({"method": "magic", "kind": "he"})

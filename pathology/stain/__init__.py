@@ -44,7 +44,7 @@ in ``tests/test_stain.py``).
 from .base import Normalizer, PixelNormalizer
 from .errors import StainError, StainFitError, StainReferenceError
 from .kinds import KINDS, StainKind
-from .registry import METHODS, NORMALIZERS, create_normalizer
+from .registry import METHODS, NORMALIZERS, create_normalizer, restore_normalizer
 
 __all__ = ["KINDS", "METHODS", "NORMALIZERS", "Normalizer", "PixelNormalizer", "StainError", "StainFitError",
-           "StainKind", "StainReferenceError", "create_normalizer"]
+           "StainKind", "StainReferenceError", "create_normalizer", "restore_normalizer"]

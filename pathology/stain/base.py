@@ -82,6 +82,25 @@ class PixelNormalizer(Normalizer):
         super().__init__(kind, reference, lut)
         self.reference: Reference = load_reference(reference, kind)
         self.target = self._target_fit()
+        self._start(lut)
+
+    @classmethod
+    def from_attrs(cls, kind: StainKind, attrs: dict[str, Any], lut: bool | None = None) -> PixelNormalizer:
+        """The fitted normalizer a bag's ``stain`` attribute records (from :meth:`to_attrs`),
+        so patches re-read from the slide are normalized exactly as the tiler did; the
+        reference image is not needed, its fit is in the record."""
+        self = cls.__new__(cls)
+        Normalizer.__init__(self, kind)
+        recorded = attrs["reference"]
+        self.reference = Reference(recorded["name"], recorded["sha256"], recorded["source"],
+                                   np.zeros((0, 0, 3), np.uint8))
+        self.target = self._restore(attrs["target"])
+        self._start(lut)
+        if attrs.get("slide") is not None:
+            self._set_slide(self._restore(attrs["slide"]), 0)
+        return self
+
+    def _start(self, lut: bool | None) -> None:
         self.slide: Any = None
         self._lut_mode = lut
         self._map: PixelMap | None = None
@@ -111,19 +130,25 @@ class PixelNormalizer(Normalizer):
         """JSON-ready form of a fit."""
 
     @abstractmethod
+    def _restore(self, described: dict[str, Any]) -> Any:
+        """The fit that ``_describe`` described."""
+
+    @abstractmethod
     def _pixel_map(self, slide: Any, target: Any) -> PixelMap:
         """The per-pixel transform uint8 (M, 3) → uint8 (M, 3) from slide to target."""
 
     def fit_slide(self, patches: Patches, expected_patches: int | None = None) -> PixelNormalizer:
         pixels = as_pixels(patches)
-        self.slide = self._fit(pixels)
+        count = len(patches) if not isinstance(patches, np.ndarray) or patches.ndim == 4 else 1
+        self._set_slide(self._fit(pixels), (expected_patches or 0) * len(pixels) // max(1, count))
+        return self
+
+    def _set_slide(self, fit: Any, expected_pixels: int) -> None:
+        self.slide = fit
         self._map = self._pixel_map(self.slide, self.target)
         self._lut, self._transformed = None, 0
-        count = len(patches) if not isinstance(patches, np.ndarray) or patches.ndim == 4 else 1
-        expected_pixels = (expected_patches or 0) * len(pixels) // max(1, count)
         if self._lut_mode or (self._lut_mode is None and expected_pixels >= lut_module.BREAK_EVEN_PIXELS):
             self.build_lut()
-        return self
 
     def transform(self, batch: np.ndarray) -> np.ndarray:
         if self._map is None:

@@ -59,6 +59,11 @@ class StainMatrixNormalizer(PixelNormalizer):
         return {"stain_matrix": fit.stain_matrix.tolist(), "max_concentrations": fit.max_concentrations.tolist(),
                 "pixels": fit.pixels, "tissue_pixels": fit.tissue_pixels}
 
+    def _restore(self, described: dict[str, Any]) -> StainFit:
+        return StainFit(np.asarray(described["stain_matrix"], np.float64),
+                        np.asarray(described["max_concentrations"], np.float64),
+                        int(described["pixels"]), int(described["tissue_pixels"]))
+
     def _pixel_map(self, slide: StainFit, target: StainFit) -> PixelMap:
         return StainTransfer(slide.stain_matrix, slide.max_concentrations, target.stain_matrix,
                              target.max_concentrations)

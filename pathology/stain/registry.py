@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Normalizer
 from .identity import IdentityNormalizer
 from .kinds import KINDS
@@ -27,3 +29,15 @@ def create_normalizer(method: str = "none", reference: ReferenceLike = None, kin
     if kind not in KINDS:
         raise ValueError(f"unknown stain kind {kind!r}; choose from {', '.join(KINDS)}")
     return NORMALIZERS[method](KINDS[kind], reference=reference, lut=lut)
+
+
+def restore_normalizer(attrs: dict[str, Any], lut: bool | None = None) -> Normalizer:
+    """The fitted normalizer a bag's ``stain`` attribute records, to normalize patches
+    re-read from the slide exactly as the tiler did (see ``PixelNormalizer.from_attrs``)."""
+    method, kind = attrs.get("method"), attrs.get("kind", "he")
+    if method not in NORMALIZERS or kind not in KINDS:
+        raise ValueError(f"unknown stain record: method {method!r}, kind {kind!r}")
+    cls = NORMALIZERS[method]
+    if cls is IdentityNormalizer:
+        return IdentityNormalizer(KINDS[kind])
+    return cls.from_attrs(KINDS[kind], attrs, lut=lut)

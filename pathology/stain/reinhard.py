@@ -58,6 +58,10 @@ class ReinhardNormalizer(PixelNormalizer):
     def _describe(self, fit: LabStats) -> dict[str, Any]:
         return {"lab_means": fit.means.tolist(), "lab_stds": fit.stds.tolist(), "pixels": fit.pixels}
 
+    def _restore(self, described: dict[str, Any]) -> LabStats:
+        return LabStats(np.asarray(described["lab_means"], np.float64), np.asarray(described["lab_stds"], np.float64),
+                        int(described["pixels"]))
+
     def _pixel_map(self, slide: LabStats, target: LabStats) -> PixelMap:
         scaled = (_CHANNEL_VALUES - slide.means[:, None]) * (target.stds / slide.stds)[:, None] \
             + target.means[:, None]

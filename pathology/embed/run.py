@@ -1,0 +1,97 @@
+"""Embed one bag: its patches through an encoder into ``/features/<encoder>``, atomically.
+
+The bag is copied to a temporary file beside it, the features are written into the copy,
+and the copy replaces the bag only when complete: an interrupted run leaves the bag as it
+was (HDF5 files opened for writing can be corrupted by a crash; the original never is).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset
+
+from ..bag import SCHEMA
+from ..batch import Outcome
+from ..encoders import Encoder
+from .patches import bag_patches
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass
+class EmbedOptions:
+    batch_size: int = 64
+    workers: int = 0                 # DataLoader worker processes (0: load in the main process)
+    dtype: str = "float16"
+    overwrite: bool = False
+    slides: Path | None = None       # folder holding the slides of coords-only bags (else the recorded path)
+    threads: int = 2                 # decode threads when patches are re-read from a slide
+
+
+def existing_features(bag: Path, name: str) -> dict | None:
+    """The attrs of ``/features/<name>`` in ``bag``, or None when absent."""
+    with h5py.File(bag, "r") as f:
+        if f.attrs.get("schema") != SCHEMA:
+            raise ValueError(f"{bag}: not a pathology bag (schema {f.attrs.get('schema')!r}, expected {SCHEMA})")
+        node = f.get(f"features/{name}")
+        return None if node is None else dict(node.attrs)
+
+
+def embed_bag(bag: Path, encoder: Encoder, options: EmbedOptions,
+              advance: Callable[[int], None] = lambda n: None) -> Outcome:
+    """Write ``/features/<encoder>`` into ``bag`` (skipped when present, unless overwriting)."""
+    t0 = time.perf_counter()
+    bag, name = Path(bag), encoder.spec.name
+    present = existing_features(bag, name)
+    if present is not None and not options.overwrite:
+        same = present.get("weights_sha256") == encoder.weights_sha256
+        return Outcome(bag.stem, "skipped", message=f"features/{name} present" +
+                       ("" if same else " (made with other weights; --overwrite replaces them)"))
+    slide = None
+    if options.slides is not None:
+        with h5py.File(bag, "r") as f:
+            slide = options.slides / Path(str(f.attrs.get("slide_path", ""))).name
+    dataset = bag_patches(bag, options.batch_size, slide, options.threads)
+    workers = min(options.workers, 1) if isinstance(dataset, IterableDataset) else options.workers
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers,
+                        pin_memory=encoder.device.type == "cuda", prefetch_factor=4 if workers else None)
+    tmp = bag.with_name(f"{bag.name}.{os.getpid()}.partial")
+    try:
+        shutil.copyfile(bag, tmp)
+        with h5py.File(tmp, "r+") as f:
+            group = f.require_group("features")
+            if name in group:
+                del group[name]
+            out = group.create_dataset(name, shape=(dataset.count, encoder.spec.dim), dtype=DTYPES[options.dtype],
+                                       chunks=(max(1, min(dataset.count, 1024)), encoder.spec.dim)
+                                       if dataset.count else None)
+            for start, patches in loader:
+                features = encoder(patches).cpu().numpy()
+                if not np.isfinite(features).all():
+                    raise ValueError(f"{bag.name}: encoder {name} gave non-finite features for patches "
+                                     f"{start}-{start + len(patches) - 1}")
+                out[start:start + len(features)] = features
+                advance(len(features))
+            attrs = {**encoder.feature_attrs(), "batch_size": options.batch_size,
+                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "patch_source": "slide" if isinstance(dataset, IterableDataset) else "bag"}
+            out.attrs.update(attrs)
+        os.replace(tmp, bag)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    seconds = time.perf_counter() - t0
+    return Outcome(bag.stem, "done", dataset.count, seconds,
+                   f"{dataset.count / max(seconds, 1e-9):.0f} patches/s from the {attrs['patch_source']}")
