@@ -1,0 +1,220 @@
+"""Evaluation metrics for binary and survival tasks, per fold and pooled, with bootstrap CIs.
+
+Binary tasks: AUC, balanced accuracy, F1 and accuracy (the last three at a threshold on the
+predicted probability, 0.5 by default). Survival: Harrell's concordance index of the
+predicted risk. Unknown labels (NaN) are excluded per task. A metric that is undefined on
+some data (one class only, no comparable pairs) is NaN with a logged warning, never a crash.
+
+The summary of one task (``summarize_task``) is the structure written to ``metrics.json``::
+
+    {"kind": "binary", "n": 120, "n_positive": 48,
+     "metrics": {"auc": {"folds": [...], "mean": 0.81, "sd": 0.04, "pooled": 0.80,
+                         "ci95": [0.72, 0.87]}, ...}}
+
+``sd`` is the sample standard deviation over folds (ddof=1); ``pooled`` is the metric of all
+out-of-fold predictions together, and ``ci95`` its percentile bootstrap interval, resampling
+patients (with all their slides) when patient ids are given, else slides.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from lifelines.utils import concordance_index as _lifelines_cindex
+
+log = logging.getLogger(__name__)
+
+THRESHOLD = 0.5
+N_BOOTSTRAP = 1000
+
+# A metric takes (label, score, event, threshold) on known labels only; event is None for binary
+# tasks, and the threshold (on the score) matters only to the metrics of binary calls.
+Metric = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", float], float]
+
+
+class UndefinedMetric(ValueError):
+    """The metric has no value on these data (e.g. one class only)."""
+
+
+def auc(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None, threshold: float = THRESHOLD) -> float:
+    """Area under the ROC curve (Mann-Whitney U with midranks for ties)."""
+    label = np.asarray(label, dtype=bool)
+    n_pos, n_neg = int(label.sum()), int((~label).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise UndefinedMetric(f"AUC needs both classes ({n_pos} positive, {n_neg} negative)")
+    ranks = _midranks(np.asarray(score, dtype=np.float64))
+    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def balanced_accuracy(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None,
+                      threshold: float = THRESHOLD) -> float:
+    """Mean of sensitivity and specificity at ``threshold``."""
+    label = np.asarray(label, dtype=bool)
+    if label.all() or not label.any():
+        raise UndefinedMetric("balanced accuracy needs both classes")
+    pred = np.asarray(score) >= threshold
+    return float((pred[label].mean() + (~pred[~label]).mean()) / 2)
+
+
+def f1(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None, threshold: float = THRESHOLD) -> float:
+    """F1 of the positive class at ``threshold`` (0 when nothing is predicted positive)."""
+    label = np.asarray(label, dtype=bool)
+    if not label.any():
+        raise UndefinedMetric("F1 needs at least one positive label")
+    pred = np.asarray(score) >= threshold
+    tp = int((pred & label).sum())
+    return float(2 * tp / (pred.sum() + label.sum()))
+
+
+def accuracy(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None,
+             threshold: float = THRESHOLD) -> float:
+    """Share of correct calls at ``threshold``."""
+    label = np.asarray(label, dtype=bool)
+    if label.size == 0:
+        raise UndefinedMetric("accuracy of no labels")
+    return float(((np.asarray(score) >= threshold) == label).mean())
+
+
+def c_index(time: np.ndarray, risk: np.ndarray, event: np.ndarray | None, threshold: float = THRESHOLD) -> float:
+    """Harrell's concordance index of a risk score (higher risk = shorter survival).
+
+    lifelines expects survival-like scores (higher = longer), so it is given ``-risk``.
+    """
+    time, risk = np.asarray(time, dtype=np.float64), np.asarray(risk, dtype=np.float64)
+    event = np.ones_like(time) if event is None else np.asarray(event, dtype=np.float64)
+    if time.size < 2 or not event.any():
+        raise UndefinedMetric(f"c-index needs events and at least 2 cases ({time.size} cases, "
+                              f"{int(event.sum())} events)")
+    try:
+        return float(_lifelines_cindex(time, -risk, event))
+    except ZeroDivisionError:
+        raise UndefinedMetric("c-index: no comparable pairs") from None
+
+
+METRICS: dict[str, dict[str, Metric]] = {
+    "binary": {"auc": auc, "balanced_accuracy": balanced_accuracy, "f1": f1, "accuracy": accuracy},
+    "survival": {"c_index": c_index},
+}
+
+
+def known(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None,
+          groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Drop rows with an unknown label (NaN label, or NaN event for survival) or a NaN score."""
+    label, score = np.asarray(label, dtype=np.float64), np.asarray(score, dtype=np.float64)
+    keep = np.isfinite(label) & np.isfinite(score)
+    if event is not None:
+        event = np.asarray(event, dtype=np.float64)
+        keep &= np.isfinite(event)
+    pick = (lambda a: None if a is None else np.asarray(a)[keep])
+    return label[keep], score[keep], pick(event), pick(groups)
+
+
+def compute(kind: str, label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None, *,
+            where: str = "", threshold: float = THRESHOLD) -> dict[str, float]:
+    """Every metric of ``kind`` on the known labels; an undefined one is NaN with a warning."""
+    label, score, event, _ = known(label, score, event)
+    out = {}
+    for name, fn in METRICS[kind].items():
+        try:
+            out[name] = fn(label, score, event, threshold)
+        except UndefinedMetric as exc:
+            log.warning("%s%s is undefined: %s", f"{where}: " if where else "", name, exc)
+            out[name] = math.nan
+    return out
+
+
+def bootstrap_ci(kind: str, label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None,
+                 groups: np.ndarray | None = None, *, n_boot: int = N_BOOTSTRAP, seed: int = 0,
+                 level: float = 0.95, threshold: float = THRESHOLD) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of every metric of ``kind``.
+
+    Resamples ``groups`` (patients: all slides of a drawn patient come along) when given,
+    else single rows. Resamples on which a metric is undefined are skipped; an interval
+    needs at least half of them to be defined, else it is (NaN, NaN).
+    """
+    label, score, event, groups = known(label, score, event, groups)
+    names = list(METRICS[kind])
+    if label.size == 0:
+        return {m: (math.nan, math.nan) for m in names}
+    members = None
+    if groups is not None:
+        _, inverse = np.unique(groups, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+    rng = np.random.default_rng(seed)
+    values = np.full((n_boot, len(names)), np.nan)
+    for b in range(n_boot):
+        if members is None:
+            idx = rng.integers(0, label.size, label.size)
+        else:
+            idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        ev = None if event is None else event[idx]
+        for j, name in enumerate(names):
+            try:
+                values[b, j] = METRICS[kind][name](label[idx], score[idx], ev, threshold)
+            except UndefinedMetric:
+                pass
+    alpha = (1 - level) / 2 * 100
+    out = {}
+    for j, name in enumerate(names):
+        ok = values[np.isfinite(values[:, j]), j]
+        out[name] = ((float(np.percentile(ok, alpha)), float(np.percentile(ok, 100 - alpha)))
+                     if ok.size >= n_boot / 2 else (math.nan, math.nan))
+    return out
+
+
+def summarize_task(kind: str, folds: Sequence[dict[str, float]], label: np.ndarray, score: np.ndarray,
+                   event: np.ndarray | None = None, groups: np.ndarray | None = None, *,
+                   n_boot: int = N_BOOTSTRAP, seed: int = 0, where: str = "", threshold: float = THRESHOLD) -> dict:
+    """Per-fold values, their mean and sd, the pooled value and its bootstrap 95% CI, per metric.
+
+    ``folds`` holds the per-fold metric dicts (from ``compute``); ``label``/``score``/``event``
+    are the pooled out-of-fold predictions (unknown labels are dropped here).
+    """
+    pooled = compute(kind, label, score, event, where=f"{where} (pooled)" if where else "pooled", threshold=threshold)
+    ci = bootstrap_ci(kind, label, score, event, groups, n_boot=n_boot, seed=seed, threshold=threshold)
+    lab, _, ev, _ = known(label, score, event)
+    summary: dict = {"kind": kind, "n": int(lab.size)}
+    if kind == "binary":
+        summary["n_positive"] = int((lab == 1).sum())
+    else:
+        summary["n_events"] = int((ev == 1).sum())
+    summary["metrics"] = {}
+    for name in METRICS[kind]:
+        per_fold = [float(f.get(name, math.nan)) for f in folds]
+        finite = [v for v in per_fold if math.isfinite(v)]
+        summary["metrics"][name] = {
+            "folds": per_fold,
+            "mean": float(np.mean(finite)) if finite else math.nan,
+            "sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan,
+            "pooled": pooled[name],
+            "ci95": list(ci[name]),
+        }
+    return summary
+
+
+def json_safe(obj):
+    """``obj`` with NaN/inf floats replaced by None (JSON has no NaN) and numpy scalars made plain."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    bounds = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1], True])
+    avg = (bounds[:-1] + bounds[1:] + 1) / 2.0  # mean of 1-based ranks start+1..end
+    ranks = np.empty(x.size)
+    ranks[order] = np.repeat(avg, np.diff(bounds))
+    return ranks
