@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,13 @@ def inner_split(train: np.ndarray, patients: np.ndarray, strata: np.ndarray, val
     if n_patients < 2:
         raise SplitError(f"fold {fold}: {n_patients} training patient(s) cannot be split into train and validation")
     n_splits = min(n_patients, max(2, round(1 / val_fraction)))
+    if np.unique(strata[train], return_counts=True)[1].max() < n_splits:
+        # every class is rarer than the split count (a tiny fold): stratifying is impossible,
+        # a plain patient-level split still keeps patients apart
+        log.warning("fold %d: too few training patients per class to stratify the validation split", fold)
+        inner_train, inner_val = next(GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+                                      .split(train, groups=groups))
+        return train[inner_train], train[inner_val]
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # a rare class in a small fold: the split is still patient-level
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)

@@ -6,6 +6,8 @@ import typer
 
 from .embed.cli import embed_command
 from .encoders.cli import app as encoders_app
+from .heatmap.cli import heatmap_command
+from .run.cli import run_command
 from .synth.cli import synth_command
 from .tile_cli import tile_command
 
@@ -13,5 +15,7 @@ app = typer.Typer(help="Whole-slide pathology pipeline: synthesize, tile, normal
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.command("tile")(tile_command)
 app.command("embed")(embed_command)
+app.command("heatmap")(heatmap_command)
+app.command("run")(run_command)
 app.add_typer(encoders_app, name="encoders")
 app.command("synth")(synth_command)

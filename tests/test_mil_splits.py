@@ -116,3 +116,15 @@ def test_one_class_only_is_a_one_line_error(tmp_path):
         make_folds(cohort, 5)
     assert "\n" not in str(info.value) and "both classes" in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_a_tiny_cohort_still_gets_patient_level_validation_splits(tmp_path):
+    """Six patients in two folds: too few per class to stratify the inner split (sklearn would
+    refuse); the split falls back to plain patient-level groups instead of failing."""
+    rows = [{"slide_id": f"S{p}", "patient_id": f"P{p}", "er": p % 2} for p in range(6)]
+    pd.DataFrame(rows).to_csv(tmp_path / "tiny.csv", index=False)
+    cohort = load_manifest(tmp_path / "tiny.csv", targets=["er"])
+    for f in make_folds(cohort, 2, seed=0):
+        assert len(f.train) and len(f.val) and len(f.test)
+        train, val, test = (patients_of(cohort, r) for r in (f.train, f.val, f.test))
+        assert not (train & val) and not (train & test) and not (val & test)

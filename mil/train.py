@@ -1,0 +1,528 @@
+"""Cross-validated training of a MIL model on a cohort: one bag per step, early stopping,
+out-of-fold predictions, metrics and plots, all written to a run folder.
+
+Each fold trains a fresh model on its training patients, stops early on the validation
+loss of its inner validation patients (best-epoch weights restored), and predicts its test
+patients. Gradients are accumulated over ``batch_size`` bags (the Cox loss needs several
+bags at once). Binary tasks use BCE with a class-balanced ``pos_weight`` from the training
+fold; survival uses the discrete-time NLL over 4 time bins at the training fold's event-time
+quantiles (default) or the Cox partial likelihood. With the same seed, a CPU run gives the
+same metrics (seeded torch, deterministic algorithms, seeded bag order and subsampling).
+
+Run folder (DESIGN.md "Runs"): ``config.json``, ``metrics.json``, ``predictions.csv``,
+``fold_<k>/model.safetensors``, ``roc_<task>.png``, ``km_<task>.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_model
+
+from pathology import __version__
+
+from . import metrics as M
+from .data import BagDataset, available_features
+from .losses import binary_loss, cox_loss, nll_survival_loss, risk_from_hazards, survival_bins
+from .models import Head, MILModel, create_model
+from .plots import plot_km, plot_roc
+from .splits import Fold, make_folds
+
+log = logging.getLogger(__name__)
+
+SURVIVAL_LOSSES = ("nll", "cox")
+PREDICTION_COLUMNS = ["slide_id", "patient_id", "fold", "task", "label", "score", "event"]
+BAG_ROOT_ATTRS = ("tiling", "stain", "target_mpp", "patch_size")
+FEATURE_ATTRS = ("encoder", "weights_sha256", "dim", "input_size", "mean", "std")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``mil train`` (saved in ``config.json``)."""
+
+    model: str = "abmil"
+    targets: tuple[str, ...] = ()
+    survival: tuple[str, str] | None = None       # (time column, event column)
+    folds: int = 5
+    seed: int = 0
+    epochs: int = 50
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    dropout: float = 0.25
+    hidden: int = 256
+    batch_size: int = 8                           # bags per optimizer step (gradient accumulation)
+    patience: int = 10                            # epochs without a better validation loss before stopping
+    val_fraction: float = 0.2
+    max_instances: int | None = None              # random subset of larger bags in training
+    in_memory: bool = False
+    features: str | None = None
+    device: str = "auto"
+    survival_loss: str = "nll"
+    survival_bins: int = 4
+    threshold: float = M.THRESHOLD
+    n_bootstrap: int = M.N_BOOTSTRAP
+    model_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.targets = tuple(self.targets)
+        self.survival = tuple(self.survival) if self.survival else None
+        if self.survival_loss not in SURVIVAL_LOSSES:
+            raise ValueError(f"survival_loss must be one of {', '.join(SURVIVAL_LOSSES)}, got {self.survival_loss!r}")
+        for name in ("epochs", "batch_size", "hidden", "survival_bins"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+class TrainProgress:
+    """Callbacks of a training run (no-ops here; the CLI draws progress bars with them)."""
+
+    def start(self, n_folds: int, epochs: int) -> None: ...
+    def start_fold(self, fold: int, n_train: int, n_val: int, n_test: int) -> None: ...
+    def end_epoch(self, fold: int, epoch: int, train_loss: float, val_loss: float, best: bool) -> None: ...
+    def end_fold(self, fold: int, best_epoch: int, stopped_early: bool) -> None: ...
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA, then Apple MPS, then CPU; otherwise the named device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device):
+    """Deterministic torch algorithms for the duration (warn-only off CPU, where some kernels have none)."""
+    before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn)
+
+
+def autocast(device: torch.device):
+    """bf16 mixed precision on CUDA only; full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_heads(cohort, config: TrainConfig) -> list[Head]:
+    """One head per task: a logit for binary tasks, hazard logits (or one Cox risk) for survival."""
+    heads = []
+    for task in cohort.tasks:
+        if task.kind == "binary":
+            heads.append(Head(task.name, 1))
+        else:
+            heads.append(Head(task.name, config.survival_bins if config.survival_loss == "nll" else 1))
+    return heads
+
+
+def risk_score(logits: torch.Tensor, survival_loss: str) -> torch.Tensor:
+    """Risk (higher = worse) of a survival head's output."""
+    return risk_from_hazards(logits) if survival_loss == "nll" else logits[..., 0]
+
+
+def time_bin(times: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin index of each time; bin k is [edges[k], edges[k + 1])."""
+    return np.clip(np.searchsorted(edges, times, side="right") - 1, 0, len(edges) - 2)
+
+
+class Objective:
+    """The training loss of one fold: per-bag BCE / discrete-time NLL terms and a Cox term over groups of bags."""
+
+    def __init__(self, cohort, config: TrainConfig, train_rows: np.ndarray):
+        self.tasks = list(cohort.tasks)
+        self.survival_loss = config.survival_loss
+        self.pos_weight: dict[str, float | None] = {}
+        self.edges: dict[str, np.ndarray] = {}
+        for task in self.tasks:
+            y = cohort.labels(task.name)[train_rows]
+            if task.kind == "binary":
+                known = y[np.isfinite(y)]
+                n_pos, n_neg = int((known == 1).sum()), int((known == 0).sum())
+                self.pos_weight[task.name] = n_neg / n_pos if n_pos and n_neg else None
+            elif config.survival_loss == "nll":
+                self.edges[task.name] = survival_bins(y[:, 0], y[:, 1], config.survival_bins)
+
+    @property
+    def grouped(self) -> bool:
+        """Whether part of the loss needs several bags together (Cox)."""
+        return self.survival_loss == "cox" and any(t.kind == "survival" for t in self.tasks)
+
+    def bag_loss(self, logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Loss terms computable from one bag (summed over tasks)."""
+        total = torch.zeros((), device=next(iter(logits.values())).device)
+        for task in self.tasks:
+            out, y = logits[task.name].float(), labels[task.name]
+            if task.kind == "binary":
+                term = binary_loss(out.reshape(1), y.reshape(1).to(out.device), self.pos_weight[task.name])
+            elif self.survival_loss == "nll":
+                time, event = float(y[0]), float(y[1])
+                if math.isnan(time) or math.isnan(event):
+                    term = out.sum() * 0.0
+                else:
+                    b = torch.tensor([int(time_bin(np.array([time]), self.edges[task.name])[0])], device=out.device)
+                    term = nll_survival_loss(out.reshape(1, -1), b, torch.tensor([event], device=out.device))
+            else:
+                continue
+            total = total + term
+        return total
+
+    def group_loss(self, risks: dict[str, list[torch.Tensor]], labels: list[dict[str, torch.Tensor]]) -> torch.Tensor | None:
+        """The Cox term over a group of bags (None without a Cox head)."""
+        if not self.grouped:
+            return None
+        total = None
+        for task in self.tasks:
+            if task.kind != "survival":
+                continue
+            r = torch.stack(risks[task.name])
+            y = torch.stack([lab[task.name] for lab in labels]).to(r.device)
+            term = cox_loss(r, y[:, 0], y[:, 1])
+            total = term if total is None else total + term
+        return total
+
+
+@contextlib.contextmanager
+def full_bags(dataset: BagDataset):
+    """Evaluate on whole bags: lift the training-time instance subsampling for the duration."""
+    saved, dataset.max_instances = dataset.max_instances, None
+    try:
+        yield dataset
+    finally:
+        dataset.max_instances = saved
+
+
+def check_values(dataset: BagDataset) -> None:
+    """Read every bag once, so a bag with NaN/inf features stops the run before the first fold
+    trains rather than in the middle of it (one epoch's reading, a small share of a run)."""
+    with full_bags(dataset):
+        for i in range(len(dataset)):
+            dataset[i]
+
+
+def run_epoch(model: MILModel, dataset: BagDataset, rows: np.ndarray, objective: Objective, optimizer,
+              config: TrainConfig, device: torch.device, rng: np.random.Generator) -> float:
+    """One training epoch over ``rows`` in a seeded random order; returns the mean loss per bag."""
+    model.train()
+    order = rng.permutation(rows)
+    total, n = 0.0, 0
+    for start in range(0, len(order), config.batch_size):
+        batch = order[start:start + config.batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        kept, risks, labels = [], {t.name: [] for t in objective.tasks}, []
+        for row in batch:
+            item = dataset[int(row)]
+            with autocast(device):
+                out = model(item["x"].to(device), item["labels"])
+            loss = objective.bag_loss(out.logits, item["labels"]) + out.instance_loss.float()
+            if objective.grouped:
+                kept.append(loss)
+                labels.append(item["labels"])
+                for name in risks:
+                    if name in out.logits:
+                        risks[name].append(out.logits[name].float().reshape(-1)[0])
+            elif loss.requires_grad:
+                (loss / len(batch)).backward()
+            total += float(loss.detach())
+            n += 1
+        if objective.grouped:
+            group = objective.group_loss(risks, labels)
+            loss = torch.stack(kept).mean() + group
+            if loss.requires_grad:
+                loss.backward()
+            total += float(group.detach()) * len(batch)
+        optimizer.step()
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def forward_rows(model: MILModel, dataset: BagDataset, rows: np.ndarray, device: torch.device):
+    """Eval-mode outputs for ``rows`` on whole bags: (logits per row, labels per row)."""
+    model.eval()
+    logits, labels = [], []
+    with full_bags(dataset):
+        for row in rows:
+            item = dataset[int(row)]
+            with autocast(device):
+                out = model(item["x"].to(device))
+            logits.append({k: v.float().cpu() for k, v in out.logits.items()})
+            labels.append(item["labels"])
+    return logits, labels
+
+
+def validation_loss(logits: list[dict], labels: list[dict], objective: Objective) -> float:
+    """The training objective on validation bags (Cox over all of them at once)."""
+    if not logits:
+        return math.nan
+    with torch.no_grad():
+        per_bag = [float(objective.bag_loss(lg, lab)) for lg, lab in zip(logits, labels)]
+        loss = float(np.mean(per_bag))
+        if objective.grouped:
+            risks = {t.name: [lg[t.name].reshape(-1)[0] for lg in logits] for t in objective.tasks
+                     if t.kind == "survival"}
+            loss += float(objective.group_loss(risks, labels))
+    return loss
+
+
+def train_fold(cohort, config: TrainConfig, fold: Fold, dataset: BagDataset, heads: list[Head],
+               device: torch.device, progress: TrainProgress) -> tuple[MILModel, Objective, dict]:
+    """Train one fold with early stopping; returns the best-epoch model, its objective and a record."""
+    torch.manual_seed(config.seed * 1000 + fold.index)
+    objective = Objective(cohort, config, fold.train)
+    model = create_model(config.model, dataset.dim, heads, hidden=config.hidden, dropout=config.dropout,
+                         **config.model_kwargs).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    best = (math.inf, -1, None)
+    stale = 0
+    for epoch in range(config.epochs):
+        dataset.set_epoch(epoch)
+        rng = np.random.default_rng([config.seed, fold.index, epoch])
+        train_loss = run_epoch(model, dataset, fold.train, objective, optimizer, config, device, rng)
+        val_loss = validation_loss(*forward_rows(model, dataset, fold.val, device), objective)
+        improved = val_loss < best[0]
+        if improved:
+            best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
+            stale = 0
+        else:
+            stale += 1
+        progress.end_epoch(fold.index, epoch, train_loss, val_loss, improved)
+        if stale >= config.patience:
+            break
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    else:
+        log.warning("fold %d: the validation loss was never finite; keeping the last epoch's weights", fold.index)
+    record = {"fold": fold.index, "best_epoch": best[1], "best_val_loss": best[0], "epochs_run": epoch + 1,
+              "stopped_early": stale >= config.patience, "n_train": len(fold.train), "n_val": len(fold.val),
+              "n_test": len(fold.test)}
+    progress.end_fold(fold.index, best[1], record["stopped_early"])
+    return model, objective, record
+
+
+def prediction_rows(cohort, rows: np.ndarray, logits: list[dict], config: TrainConfig, fold: int | None) -> list[dict]:
+    """``predictions.csv`` rows (one per slide and task) from eval-mode logits.
+
+    A slide with an unknown label for a task keeps its row, with an empty label."""
+    table = cohort.table
+    out = []
+    for row, lg in zip(rows, logits):
+        for task in cohort.tasks:
+            y = cohort.labels(task.name)[row]
+            record = {"slide_id": table.at[row, "slide_id"], "patient_id": table.at[row, "patient_id"],
+                      "fold": fold, "task": task.name}
+            if task.kind == "binary":
+                record.update(label=float(y), score=float(torch.sigmoid(lg[task.name]).reshape(-1)[0]), event=None)
+            else:
+                record.update(label=float(y[0]), event=float(y[1]),
+                              score=float(risk_score(lg[task.name], config.survival_loss).reshape(-1)[0]))
+            out.append(record)
+    return out
+
+
+def evaluate_predictions(predictions: pd.DataFrame, kinds: dict[str, str], *, n_boot: int = M.N_BOOTSTRAP,
+                         seed: int = 0, threshold: float = M.THRESHOLD) -> dict:
+    """metrics.json's ``tasks`` entry: per task, per-fold and pooled metrics of ``predictions``
+    (columns of ``PREDICTION_COLUMNS``; rows without a fold form one group)."""
+    tasks = {}
+    for name, kind in kinds.items():
+        p = predictions[predictions["task"] == name]
+        event = p["event"].to_numpy(float) if kind == "survival" else None
+        fold_ids = p["fold"].fillna(-1).to_numpy(int)
+        per_fold = []
+        for k in np.unique(fold_ids):
+            q = p[fold_ids == k]
+            per_fold.append(M.compute(kind, q["label"].to_numpy(float), q["score"].to_numpy(float),
+                                      q["event"].to_numpy(float) if kind == "survival" else None,
+                                      where=f"{name}, fold {k}" if k >= 0 else name, threshold=threshold))
+        tasks[name] = M.summarize_task(kind, per_fold, p["label"].to_numpy(float), p["score"].to_numpy(float), event,
+                                       p["patient_id"].astype(str).to_numpy(), n_boot=n_boot, seed=seed, where=name,
+                                       threshold=threshold)
+    return tasks
+
+
+def write_plots(out_dir: Path, predictions: pd.DataFrame, kinds: dict[str, str], tasks_metrics: dict,
+                time_unit: str = "") -> list[Path]:
+    """ROC per binary task and Kaplan-Meier per survival task, from (out-of-fold) predictions."""
+    paths = []
+    for name, kind in kinds.items():
+        p = predictions[predictions["task"] == name]
+        m = tasks_metrics[name]["metrics"]
+        if kind == "binary":
+            folds = [(q["label"].to_numpy(float), q["score"].to_numpy(float))
+                     for _, q in p.groupby("fold", sort=True)] if p["fold"].notna().any() else []
+            paths.append(plot_roc(out_dir / f"roc_{name}.png", name,
+                                  (p["label"].to_numpy(float), p["score"].to_numpy(float)), folds=folds,
+                                  auc=_num(m["auc"]["pooled"]), ci=m["auc"]["ci95"],
+                                  fold_aucs=[_num(v) for v in m["auc"]["folds"]] if folds else ()))
+        else:
+            path = out_dir / f"km_{name}.png"
+            p_value = plot_km(path, name, p["label"].to_numpy(float), p["event"].to_numpy(float),
+                              p["score"].to_numpy(float), c_index=_num(m["c_index"]["pooled"]),
+                              ci=m["c_index"]["ci95"], time_unit=time_unit)
+            tasks_metrics[name]["logrank_p"] = p_value
+            paths.append(path)
+    return paths
+
+
+def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
+                           progress: TrainProgress | None = None) -> dict:
+    """Cross-validate ``config.model`` on ``cohort`` and write the run folder; returns the metrics
+    (the content of ``metrics.json``)."""
+    progress = progress or TrainProgress()
+    out_dir = Path(out_dir)
+    if not cohort.tasks:
+        raise ValueError("nothing to train: give at least one --target or --survival")
+    folds = make_folds(cohort, config.folds, seed=config.seed, val_fraction=config.val_fraction)
+    dataset = BagDataset(cohort, None, features=config.features, max_instances=config.max_instances,
+                         in_memory=config.in_memory, seed=config.seed)
+    if not config.in_memory:  # in memory, every bag was read (and checked) already
+        check_values(dataset)
+    heads = build_heads(cohort, config)
+    device = resolve_device(config.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = out_dir / "metrics.json"
+    if stale.exists():  # metrics.json marks a complete run: never leave it beside a half-rewritten one
+        log.warning("%s: replacing the run in this folder", out_dir)
+        stale.unlink()
+    kinds = {t.name: t.kind for t in cohort.tasks}
+    records, rows, edges = [], [], {}
+    progress.start(len(folds), config.epochs)
+    with deterministic(device):
+        for fold in folds:
+            progress.start_fold(fold.index, len(fold.train), len(fold.val), len(fold.test))
+            model, objective, record = train_fold(cohort, config, fold, dataset, heads, device, progress)
+            save_weights(model, out_dir / f"fold_{fold.index}" / "model.safetensors", config, fold.index)
+            logits, _ = forward_rows(model, dataset, fold.test, device)
+            rows += prediction_rows(cohort, fold.test, logits, config, fold.index)
+            records.append(record)
+            edges.update({f"{name}/fold_{fold.index}": e.tolist() for name, e in objective.edges.items()})
+    write_json(out_dir / "config.json", run_config(cohort, config, dataset, heads, folds, edges))
+    predictions = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    write_csv(predictions, out_dir / "predictions.csv")
+    tasks_metrics = evaluate_predictions(predictions, kinds, n_boot=config.n_bootstrap, seed=config.seed,
+                                         threshold=config.threshold)
+    write_plots(out_dir, predictions, kinds, tasks_metrics, time_unit=time_unit_note(config))
+    result = {"model": config.model, "n_folds": len(folds), "n_slides": len(cohort.table),
+              "n_patients": int(np.unique(cohort.patients()).size), "tasks": tasks_metrics,
+              "bootstrap": {"n": config.n_bootstrap, "seed": config.seed, "unit": "patient", "level": 0.95},
+              "training": records}
+    result = M.json_safe(result)
+    write_json(out_dir / "metrics.json", result)  # last: its presence means the run is complete
+    return result
+
+
+def run_config(cohort, config: TrainConfig, dataset: BagDataset, heads: list[Head], folds: list[Fold],
+               edges: dict) -> dict:
+    """``config.json``: every option, the model and heads, the data's provenance, and the bag settings."""
+    first_bag = Path(dataset.paths[0]) if dataset.paths else None
+    feature_name = config.features or (available_features(first_bag)[0] if first_bag else None)
+    source = Path(cohort.source)
+    tasks = []
+    for task, head in zip(cohort.tasks, heads):
+        tasks.append({"name": task.name, "kind": task.kind, "columns": list(task.columns), "n_outputs": head.n_outputs,
+                      "threshold": config.threshold if task.kind == "binary" else None,
+                      "output": "probability" if task.kind == "binary" else
+                      ("risk = -expected survived bins" if config.survival_loss == "nll" else "risk = Cox log-hazard")})
+    return M.json_safe({
+        "software": {"name": "pathology-mil", "version": __version__, "torch": torch.__version__},
+        "train": asdict(config),
+        "model": {"name": config.model, "in_dim": dataset.dim, "hidden": config.hidden, "dropout": config.dropout,
+                  "kwargs": config.model_kwargs},
+        "heads": tasks,
+        "features": feature_name,
+        "in_dim": dataset.dim,
+        "survival": None if not config.survival else {
+            "time_column": config.survival[0], "event_column": config.survival[1], "loss": config.survival_loss,
+            "time_unit": time_unit_note(config), "bin_edges": edges},
+        "manifest": {"path": str(source.resolve()), "sha256": sha256(source) if source.is_file() else None,
+                     "n_slides": len(cohort.table)},
+        "folds": [{"fold": f.index, "test": cohort.table["slide_id"].iloc[f.test].tolist()} for f in folds],
+        "bag_settings": bag_settings(first_bag, feature_name) if first_bag else None,
+    })
+
+
+def time_unit_note(config: TrainConfig) -> str:
+    return f"the unit of manifest column {config.survival[0]!r}" if config.survival else ""
+
+
+def bag_settings(path: Path, feature_name: str | None) -> dict | None:
+    """Tiling/stain/encoder settings of a ``pathology-bag/1`` bag, so ``pathology run`` can apply
+    the model to new slides the same way; None for other feature files."""
+    if path.suffix != ".h5":
+        return None
+    with h5py.File(path, "r") as f:
+        if "schema" not in f.attrs:
+            return None
+        out = {"schema": _attr(f.attrs["schema"])}
+        out.update({k: _attr(f.attrs[k]) for k in BAG_ROOT_ATTRS if k in f.attrs})
+        for k in ("tiling", "stain"):
+            if isinstance(out.get(k), str):
+                with contextlib.suppress(ValueError):
+                    out[k] = json.loads(out[k])
+        ds = f.get(f"features/{feature_name}") if feature_name else None
+        if isinstance(ds, h5py.Dataset):
+            out["features"] = {k: _attr(ds.attrs[k]) for k in FEATURE_ATTRS if k in ds.attrs}
+    return out
+
+
+def _attr(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def save_weights(model: MILModel, path: Path, config: TrainConfig, fold: int) -> None:
+    """Fold weights as safetensors (never pickle), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    save_model(model, str(tmp),
+               metadata={"model": config.model, "fold": str(fold), "software_version": __version__})
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    frame.to_csv(tmp, index=False, float_format="%.8g")
+    os.replace(tmp, path)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)

@@ -1,0 +1,100 @@
+"""``pathology heatmap``: bags + attention in, overlays, montages, CSV and QuPath GeoJSON out."""
+
+from __future__ import annotations
+
+import functools
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..batch import Outcome, run_batch, summary_table
+from ..embed.cli import expand_bags
+from ..inputs import InputError, SlideInput, parse_shard, take_shard
+from ..logs import setup_logging
+from .run import HeatmapOptions, heatmap_slide
+from .scores import NORMALIZERS
+from .sources import AttentionSource, HeatmapError, attention_file, model_attention
+
+Normalization = Enum("Normalization", {n: n for n in NORMALIZERS}, type=str)
+
+
+def heatmap_job(bag: SlideInput, advance, *, attention: AttentionSource, out: Path,
+                options: HeatmapOptions) -> Outcome:
+    """One bag of a ``pathology heatmap`` batch."""
+    outcome = heatmap_slide(bag.path, attention, out, options)
+    advance(outcome.count)
+    return outcome
+
+
+def attention_source(attention: Path | None, model: Path | None, n_bags: int) -> AttentionSource:
+    """The one attention source the user named (exactly one of --attention and --model)."""
+    if (attention is None) == (model is None):
+        raise HeatmapError("pass exactly one of --attention FILE_OR_DIR and --model RUNDIR")
+    if model is not None:
+        return model_attention(model)
+    if not attention.exists():
+        raise HeatmapError(f"--attention {attention}: no such file or folder")
+    if attention.is_file() and n_bags > 1:
+        raise HeatmapError(f"--attention {attention} is one slide's file but {n_bags} bags were given; "
+                           "pass the attention folder (attention/<slide_id>.h5 from `mil predict`)")
+    return attention_file(attention)
+
+
+def heatmap_command(
+    bag: Annotated[list[str], typer.Option("--bag", "-b", help="Bag files (.h5), folders of bags or globs; "
+                                                                "repeatable.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <slide_id>/<task>.* outputs.")],
+    attention: Annotated[Path | None, typer.Option(help="Attention file from `mil predict` "
+                                                        "(attention/<slide_id>.h5), or its folder.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Trained run folder (runs/<name>): compute the attention "
+                                                    "now from the bags' features.", file_okay=False)] = None,
+    slide: Annotated[Path | None, typer.Option(help="The slide file, or a folder of slides; only read for a "
+                                                    "picture finer than the bag's thumbnail or a montage of a "
+                                                    "coords-only bag (default: the path in the bag).")] = None,
+    task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Task to draw (repeatable; default: "
+                                                                        "every task in the attention).")] = None,
+    normalize: Annotated[Normalization, typer.Option(help="percentile: linear between two percentiles of the "
+                                                          "slide's scores; rank: each patch's rank, uniform "
+                                                          "colours.")] = Normalization("percentile"),
+    percentiles: Annotated[tuple[float, float], typer.Option(help="Low and high percentile for "
+                                                                  "--normalize percentile.")] = (1.0, 99.0),
+    resolution: Annotated[float | None, typer.Option(help="µm per pixel of the output picture "
+                                                          "(default: the bag's thumbnail, 8 µm/px).")] = None,
+    max_size: Annotated[int | None, typer.Option(help="Longer side of the output picture in pixels "
+                                                      "(instead of --resolution).")] = None,
+    smooth: Annotated[float, typer.Option(help="Gaussian smoothing of the map, σ in µm (0: none; overlapping "
+                                               "patches are always averaged).")] = 0.0,
+    cmap: Annotated[str, typer.Option(help="Matplotlib colour map (jet, inferno, viridis, turbo…).")] = "jet",
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the colours over the tissue.")] = 0.5,
+    top_k: Annotated[int, typer.Option(min=0, help="Patches in each half of the montage (0: no montage).")] = 8,
+    shard: Annotated[str | None, typer.Option(help="Process share i/n of the batch (0 <= i < n).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging with tracebacks.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and the summary.")] = False,
+) -> None:
+    """Attention heatmaps per slide and task: overlay with a colour bar, top/bottom-k patch
+    montage, per-patch scores (CSV) and a GeoJSON for QuPath (patches as detections with
+    their scores as measurements, tissue outline as annotations).
+
+    Never reads the slide's label or macro image. A bad bag is reported and skipped; the
+    exit code is 1 if any failed, 2 for bad arguments.
+    """
+    console = setup_logging(verbose, quiet)
+    try:
+        bags = take_shard(expand_bags(bag), parse_shard(shard))
+        options = HeatmapOptions(tasks=tuple(task or ()), normalization=normalize.value, percentiles=percentiles,
+                                 resolution=resolution, max_size=max_size, smooth_um=smooth, cmap=cmap,
+                                 alpha=alpha, top_k=top_k, slide=slide)
+        source = attention_source(attention, model, len(bags))
+    except (InputError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if not bags:
+        console.print("nothing to do: this shard holds no bags")
+        return
+    job = functools.partial(heatmap_job, attention=source, out=out, options=options)
+    outcomes = run_batch(bags, job, unit="patches", console=console)
+    console.print(summary_table(outcomes))
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)

@@ -1,0 +1,109 @@
+"""``report.html``: every slide of a ``pathology run`` batch on one static page.
+
+One card per slide: its QC thumbnail, each task's score and call (with the threshold
+used), and the task heatmaps side by side. Pictures are linked by relative path, so the
+folder can be moved, zipped or opened offline; nothing is fetched from the network.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;background:#fafafa}
+h1{font-size:22px;margin:0 0 4px} .meta{color:#666;font-size:13px;margin-bottom:18px}
+table.summary{border-collapse:collapse;margin-bottom:24px;font-size:14px}
+table.summary th,table.summary td{border:1px solid #ddd;padding:4px 10px;text-align:left}
+table.summary th{background:#f0f0f0}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:14px;margin-bottom:18px}
+.card h2{font-size:17px;margin:0 0 8px} .row{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+figure{margin:0;max-width:420px} figure img{max-width:420px;max-height:420px;border:1px solid #ccc}
+figcaption{font-size:13px;color:#444;margin-top:4px}
+.pos{color:#b00020;font-weight:600} .neg{color:#1b5e20;font-weight:600} .failed{color:#b00020}
+.note{font-size:12px;color:#777;margin-top:20px}
+"""
+
+
+@dataclass
+class TaskResult:
+    """One task's answer for one slide."""
+
+    task: str
+    kind: str                       # "binary" or "survival"
+    score: float
+    threshold: float | None = None  # binary tasks: the call's cut-off
+    heatmap: Path | None = None
+
+    @property
+    def call(self) -> str:
+        if self.kind != "binary" or self.threshold is None:
+            return "risk"
+        return "positive" if self.score >= self.threshold else "negative"
+
+
+@dataclass
+class SlideReport:
+    slide_id: str
+    status: str                     # "done", "skipped" (already done), "failed"
+    patches: int = 0
+    message: str = ""
+    thumbnail: Path | None = None
+    tasks: list[TaskResult] = field(default_factory=list)
+
+
+def _img(path: Path | None, out_dir: Path, caption: str) -> str:
+    if path is None or not Path(path).exists():
+        return ""
+    src = html.escape(Path(os.path.relpath(path, out_dir)).as_posix())
+    return (f'<figure><a href="{src}"><img src="{src}" alt="{html.escape(caption)}" loading="lazy"></a>'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _call_html(t: TaskResult) -> str:
+    if t.kind != "binary":
+        return f"risk {t.score:.3f}"
+    css = "pos" if t.call == "positive" else "neg"
+    return f'<span class="{css}">{t.call}</span> ({t.score:.3f}, cut-off {t.threshold:g})'
+
+
+def render_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, model: str,
+                  notes: Sequence[str] = ()) -> str:
+    """The HTML text of the report (pictures referenced relative to ``out_dir``)."""
+    tasks = list(dict.fromkeys(t.task for s in slides for t in s.tasks))
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in tasks)
+    rows, cards = [], []
+    for s in slides:
+        by_task = {t.task: t for t in s.tasks}
+        cells = "".join(f"<td>{_call_html(by_task[t]) if t in by_task else ''}</td>" for t in tasks)
+        status = f'<span class="failed">failed: {html.escape(s.message)}</span>' if s.status == "failed" else s.status
+        rows.append(f'<tr><td><a href="#{html.escape(s.slide_id)}">{html.escape(s.slide_id)}</a></td>'
+                    f"<td>{status}</td><td>{s.patches}</td>{cells}</tr>")
+        if s.status == "failed":
+            continue
+        figures = [_img(s.thumbnail, out_dir, "thumbnail, tissue and patch grid")]
+        figures += [_img(t.heatmap, out_dir, f"{t.task}: attention") for t in s.tasks]
+        calls = "; ".join(f"{html.escape(t.task)}: {_call_html(t)}" for t in s.tasks)
+        cards.append(f'<div class="card" id="{html.escape(s.slide_id)}"><h2>{html.escape(s.slide_id)}</h2>'
+                     f'<p>{calls}</p><div class="row">{"".join(figures)}</div></div>')
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f'<div class="meta">model: {html.escape(model)} · {len(slides)} slides · {stamp}</div>'
+            f'<table class="summary"><tr><th>slide</th><th>status</th><th>patches</th>{head}</tr>'
+            f'{"".join(rows)}</table>{"".join(cards)}<div class="note">{note_html}</div></body></html>\n')
+
+
+def write_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, model: str,
+                 notes: Sequence[str] = ()) -> Path:
+    """Write ``out_dir/report.html`` atomically and return its path."""
+    path = out_dir / "report.html"
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(render_report(slides, out_dir, title=title, model=model, notes=notes), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,206 @@
+"""Cross-validated training (mil.train): determinism, multi-task with missing labels, survival
+with a known hazard, the run folder's contents, and clear errors on degenerate data.
+
+The cohort writer here (``write_cohort``) is shared with ``test_mil_cli.py``: bags in this
+project's format (root attr ``schema="pathology-bag/1"``, ``/coords``, ``/features/<name>``
+float16) whose instances carry a known signal.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mil.data import BagError
+from mil.manifest import load_manifest
+from mil.splits import SplitError
+from mil.train import TrainConfig, train_cross_validation
+
+ENCODER = "toy-enc"
+DIM = 16
+
+
+def write_bag(path: Path, features: np.ndarray, *, coords: np.ndarray | None = None, encoder: str = ENCODER) -> Path:
+    """One bag in the ``pathology-bag/1`` layout with a float16 feature set."""
+    n = len(features)
+    coords = np.stack([np.arange(n) % 16 * 256, np.arange(n) // 16 * 256], 1) if coords is None else coords
+    with h5py.File(path, "w") as f:
+        f.attrs.update(schema="pathology-bag/1", slide_id=path.stem, target_mpp=0.5, patch_size=256,
+                       tiling=json.dumps({"target_mpp": 0.5, "patch_size": 256}), stain=json.dumps({"method": "none"}))
+        f.create_dataset("coords", data=coords.astype(np.int64))
+        ds = f.create_dataset(f"features/{encoder}", data=features.astype(np.float16))
+        ds.attrs.update(encoder=encoder, weights_sha256="0" * 64, dim=features.shape[1], input_size=224,
+                        mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+    return path
+
+
+def write_cohort(root: Path, *, n_patients: int = 24, slides_per_patient: int = 1, seed: int = 0,
+                 n_instances: tuple[int, int] = (12, 30), margin: float = 0.1,
+                 missing: dict[str, float] | None = None) -> Path:
+    """Bags + manifest of a toy cohort; returns the manifest path (bags in ``root/bags``).
+
+    Each patient has a hidden share ``z`` of "tumour-like" instances (features shifted along
+    dimension 0): ``er`` = z > 0.35, ``pr`` is an independent coin tied to dimension 1, and
+    survival times are exponential with hazard exp(10 z) (censored at random, ~25%; the
+    c-index of the true z is about 0.83).
+    ``missing`` = {column: share of patients whose label is blanked}.
+    """
+    rng = np.random.default_rng(seed)
+    bags = root / "bags"
+    bags.mkdir(parents=True, exist_ok=True)
+    rows = []
+    half = n_patients // 2  # evenly spread on both sides of the ER cut-off 0.35, ``margin`` away from it
+    z = rng.permutation(np.r_[np.linspace(0.02, 0.35 - margin, half), np.linspace(0.35 + margin, 0.7, n_patients - half)])
+    pr = rng.permutation(np.arange(n_patients) % 2)
+    time = rng.exponential(1 / np.exp(10 * z)) * 12
+    event = (rng.random(n_patients) > 0.25).astype(int)
+    for p in range(n_patients):
+        for s in range(slides_per_patient):
+            n = int(rng.integers(*n_instances))
+            x = rng.normal(0, 1, (n, DIM))
+            k = int(round(z[p] * n))
+            x[:k, 0] += 3.0
+            x[:, 1] += 1.5 * pr[p]
+            slide = f"P{p:02d}-S{s}"
+            write_bag(bags / f"{slide}.h5", x)
+            rows.append({"slide_id": slide, "patient_id": f"P{p:02d}", "er": "positive" if z[p] > 0.35 else "negative",
+                         "pr": str(pr[p]), "os_time": round(float(time[p]), 4), "os_event": int(event[p])})
+    table = pd.DataFrame(rows)
+    for column, share in (missing or {}).items():
+        blank = rng.choice(n_patients, int(round(share * n_patients)), replace=False)
+        table.loc[table["patient_id"].isin([f"P{p:02d}" for p in blank]), column] = ""
+    path = root / "manifest.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny bags: one torch thread is faster, and immune to other processes on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+FAST = dict(folds=3, epochs=10, patience=4, hidden=16, batch_size=4, n_bootstrap=200, lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cohort")
+    write_cohort(root, missing={"pr": 0.25})
+    return root
+
+
+def load(root: Path, targets=("er",), survival=None):
+    return load_manifest(root / "manifest.csv", targets=targets, survival=survival, bags_dir=root / "bags")
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics_and_run_folder(cohort_dir, tmp_path):
+    cohort = load(cohort_dir)
+    a = train_cross_validation(cohort, TrainConfig(model="abmil", targets=("er",), seed=0, **FAST), tmp_path / "a")
+    b = train_cross_validation(cohort, TrainConfig(model="abmil", targets=("er",), seed=0, **FAST), tmp_path / "b")
+    assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
+    assert a == b
+    c = train_cross_validation(cohort, TrainConfig(model="abmil", targets=("er",), seed=1, **FAST), tmp_path / "c")
+    assert c["tasks"]["er"]["metrics"]["auc"]["folds"] != a["tasks"]["er"]["metrics"]["auc"]["folds"]
+
+    run = tmp_path / "a"
+    for name in ("config.json", "metrics.json", "predictions.csv", "roc_er.png"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in run.glob("fold_*")) == ["fold_0", "fold_1", "fold_2"]
+    assert all((run / f"fold_{k}" / "model.safetensors").is_file() for k in range(3))
+    config = json.loads((run / "config.json").read_text())
+    assert config["features"] == ENCODER and config["in_dim"] == DIM
+    assert config["heads"] == [{"name": "er", "kind": "binary", "columns": ["er"], "n_outputs": 1, "threshold": 0.5,
+                                "output": "probability"}]
+    assert config["bag_settings"]["features"]["encoder"] == ENCODER
+    assert config["bag_settings"]["patch_size"] == 256 and config["bag_settings"]["tiling"]["target_mpp"] == 0.5
+    assert len(config["manifest"]["sha256"]) == 64
+    auc = a["tasks"]["er"]["metrics"]["auc"]
+    assert len(auc["folds"]) == 3 and auc["ci95"][0] <= auc["pooled"] <= auc["ci95"][1]
+    assert auc["pooled"] > 0.8  # the signal is strong: the model must find it
+    preds = pd.read_csv(run / "predictions.csv")
+    assert list(preds.columns) == ["slide_id", "patient_id", "fold", "task", "label", "score", "event"]
+    assert sorted(preds["slide_id"]) == sorted(cohort.table["slide_id"])  # every slide tested exactly once
+    # no patient tested in two folds
+    assert preds.groupby("patient_id")["fold"].nunique().max() == 1
+
+
+def test_multitask_with_missing_labels_reports_each_task(cohort_dir, tmp_path):
+    cohort = load(cohort_dir, targets=("er", "pr"))
+    assert np.isnan(cohort.labels("pr")).sum() == 6
+    result = train_cross_validation(cohort, TrainConfig(model="gated-abmil", targets=("er", "pr"), **FAST), tmp_path)
+    assert set(result["tasks"]) == {"er", "pr"}
+    assert result["tasks"]["er"]["n"] == 24 and result["tasks"]["pr"]["n"] == 18  # unknown labels excluded
+    for task in ("er", "pr"):
+        for metric in ("auc", "balanced_accuracy", "f1", "accuracy"):
+            m = result["tasks"][task]["metrics"][metric]
+            assert m["pooled"] is not None and len(m["folds"]) == 3
+        assert (tmp_path / f"roc_{task}.png").is_file()
+    preds = pd.read_csv(tmp_path / "predictions.csv")
+    pr = preds[preds["task"] == "pr"]
+    # a slide with an unknown label keeps its prediction, with an empty label
+    assert len(pr) == 24 and pr["label"].isna().sum() == 6 and pr["score"].notna().all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["nll", "cox"])
+def test_survival_with_known_hazard(tmp_path, loss):
+    root = tmp_path / "cohort"
+    write_cohort(root, n_patients=60, n_instances=(20, 40), seed=1)
+    cohort = load(root, targets=(), survival=("os_time", "os_event"))
+    # no early stop: the validation NLL of ~13 patients is too noisy to pick an epoch on this toy
+    config = TrainConfig(model="abmil", survival=("os_time", "os_event"), survival_loss=loss,
+                         **{**FAST, "epochs": 15, "patience": 15, "folds": 3})
+    result = train_cross_validation(cohort, config, tmp_path / "run")
+    c = result["tasks"]["survival"]["metrics"]["c_index"]
+    # the true z scores ~0.83; chance is 0.5. Pooled NLL risks mix folds with different bin edges.
+    assert c["pooled"] >= 0.65 and c["mean"] >= 0.68, c
+    assert result["tasks"]["survival"]["logrank_p"] < 0.05
+    assert (tmp_path / "run" / "km_survival.png").is_file()
+    config_json = json.loads((tmp_path / "run" / "config.json").read_text())
+    if loss == "nll":
+        edges = config_json["survival"]["bin_edges"]
+        assert len(edges) == 3 and all(len(e) == 5 for e in edges.values())
+    preds = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert preds["event"].notna().all() and (preds["label"] == cohort.table.set_index("slide_id").loc[
+        preds["slide_id"], "survival_time"].to_numpy()).all()
+
+
+def test_one_class_only_is_a_clear_error(tmp_path):
+    root = tmp_path / "c"
+    manifest = write_cohort(root, n_patients=8)
+    table = pd.read_csv(manifest)
+    table["er"] = "negative"
+    table.to_csv(manifest, index=False)
+    with pytest.raises(SplitError, match="'er'.*only negative"):
+        train_cross_validation(load(root), TrainConfig(targets=("er",), **FAST), tmp_path / "run")
+
+
+def test_too_few_patients_is_a_clear_error(tmp_path):
+    root = tmp_path / "c"
+    write_cohort(root, n_patients=4)
+    with pytest.raises(SplitError, match="too few patients for 5 folds"):
+        train_cross_validation(load(root), TrainConfig(targets=("er",), **{**FAST, "folds": 5}), tmp_path / "run")
+
+
+def test_nan_features_are_a_clear_error(tmp_path):
+    root = tmp_path / "c"
+    write_cohort(root, n_patients=24)
+    bag = root / "bags" / "P03-S0.h5"
+    with h5py.File(bag, "a") as f:
+        x = f[f"features/{ENCODER}"][()]
+        x[2, 5] = np.nan
+        f[f"features/{ENCODER}"][...] = x
+    with pytest.raises(BagError, match="P03-S0.h5.*NaN"):
+        train_cross_validation(load(root), TrainConfig(targets=("er",), **FAST), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # found before any fold trained

@@ -1,0 +1,114 @@
+"""`pathology run`: a model trained on `pathology tile` + `embed` bags applied to new slides
+end to end, with the training settings, per-slide results, heatmaps and a report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mil.manifest import load_manifest
+from mil.predict import load_run, predict_bag
+from mil.train import TrainConfig, train_cross_validation
+from pathology.cli import app
+from pathology.synth import SynthConfig, write_synthetic_slide
+
+runner = CliRunner()
+PATCH = 128
+
+
+def invoke(*args):
+    return runner.invoke(app, [*map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Six small synthetic slides tiled (patch 128, Macenko), embedded, and a 2-fold ABMIL run."""
+    root = tmp_path_factory.mktemp("run")
+    rows = []
+    for i in range(6):
+        truth = write_synthetic_slide(root / "slides" / f"s{i}.svs",
+                                      SynthConfig(width=4096, height=3072, seed=40 + i,
+                                                  tumor_fraction=0.4 if i % 2 else 0.0))
+        rows.append(f"s{i},p{i},{truth.slide},{i % 2}")
+    manifest = root / "manifest.csv"
+    manifest.write_text("slide_id,patient_id,slide_path,tumor\n" + "\n".join(rows) + "\n")
+    result = invoke("tile", root / "slides", "--out", root / "bags", "--stain", "macenko", "--patch-size", PATCH)
+    assert result.exit_code == 0, result.output
+    result = invoke("embed", root / "bags")
+    assert result.exit_code == 0, result.output
+    cohort = load_manifest(manifest, targets=["tumor"], bags_dir=root / "bags")
+    train_cross_validation(cohort, TrainConfig(model="abmil", folds=2, epochs=3, patience=3, hidden=32,
+                                               n_bootstrap=20), root / "model")
+    return root
+
+
+def test_run_scores_new_slides_as_trained_and_writes_the_report(trained, tmp_path):
+    new = write_synthetic_slide(tmp_path / "in" / "new.svs", SynthConfig(width=4096, height=3072, seed=99))
+    (tmp_path / "in" / "broken.svs").write_bytes(b"not a slide")
+    out = tmp_path / "out"
+    result = invoke("run", tmp_path / "in", "--model", trained / "model", "--out", out)
+    assert result.exit_code == 1, result.output                       # the broken slide failed, the rest went on
+    with open(out / "results.csv") as fh:
+        rows = {r["slide_id"]: r for r in csv.DictReader(fh)}
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["message"]
+    row = rows["new"]
+    assert row["status"] == "done" and int(row["patches"]) > 0
+    assert row["tumor_call"] == ("positive" if float(row["tumor_score"]) >= 0.5 else "negative")
+    assert float(row["tumor_threshold"]) == 0.5
+
+    # tiled with the run's settings, and the score is the run's prediction on that bag
+    bag = out / "bags" / "new.h5"
+    with h5py.File(bag) as f:
+        assert int(f.attrs["patch_size"]) == PATCH and json.loads(f.attrs["stain"])["method"] == "macenko"
+        x = f["features/stain-texture"][:].astype(np.float32)
+    scores, attention = predict_bag(load_run(trained / "model"), x)
+    assert float(row["tumor_score"]) == pytest.approx(scores["tumor"], abs=1e-6)
+    with h5py.File(out / "attention" / "new.h5") as f:
+        np.testing.assert_allclose(f["attention/tumor"][:], attention["tumor"], atol=1e-6)
+
+    heatmaps = out / "heatmaps" / "new"
+    for name in ("tumor.heatmap.png", "tumor.montage.png", "tumor.scores.csv", "tumor.geojson"):
+        assert (heatmaps / name).is_file(), name
+    html = (out / "report.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert "bags/qc/new.png" in images and "heatmaps/new/tumor.heatmap.png" in images
+    assert all((out / src).is_file() for src in images)
+    assert "broken" in html and "failed" in html and "http" not in html.replace("http-equiv", "")
+
+
+def test_a_rerun_reuses_bags_and_features(trained, tmp_path):
+    shutil.copy(trained / "slides" / "s1.svs", tmp_path / "s1.svs")
+    out = tmp_path / "out"
+    assert invoke("run", tmp_path / "s1.svs", "--model", trained / "model", "--out", out).exit_code == 0
+    first = (out / "results.csv").read_text()
+    stamp = (out / "bags" / "s1.h5").stat().st_mtime_ns
+    result = invoke("run", tmp_path / "s1.svs", "--model", trained / "model", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "bags" / "s1.h5").stat().st_mtime_ns == stamp          # neither re-tiled nor re-embedded
+    assert "reused bag, reused features" in (out / "results.csv").read_text()
+    assert first.split("\n")[1].split(",")[:4] == (out / "results.csv").read_text().split("\n")[1].split(",")[:4]
+
+
+def test_a_model_is_never_applied_with_other_settings(trained, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained / "model", model)
+    config = json.loads((model / "config.json").read_text())
+    config["bag_settings"]["features"]["weights_sha256"] = "0" * 64
+    (model / "config.json").write_text(json.dumps(config))
+    result = invoke("run", trained / "slides" / "s0.svs", "--model", model, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "weights" in result.output and "trained on 000000000000" in result.output
+    assert not (tmp_path / "out").exists()                                # refused before any work
+
+    config["bag_settings"] = None                                         # features made elsewhere
+    (model / "config.json").write_text(json.dumps(config))
+    result = invoke("run", trained / "slides" / "s0.svs", "--model", model, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "features made elsewhere" in result.output
