@@ -11,6 +11,7 @@ copy that makes the write atomic, and writing the features. Best of 5, the varia
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -62,6 +63,20 @@ def bare_forward(encoder, bag: Path, batch_size: int) -> tuple[float, int]:
     return time.perf_counter() - t, len(patches)
 
 
+class LoaderOnly:
+    """The encoder with its forward pass replaced by zeros: what `embed_bag` costs around it
+    (reading, un-gzipping, the atomic copy, writing the features)."""
+
+    def __init__(self, encoder):
+        self._encoder = encoder
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(batch), self._encoder.spec.dim)
+
+
 def through_embed(encoder, bag: Path, batch_size: int, workers: int) -> tuple[float, int]:
     """Seconds for `pathology embed`'s work on a fresh copy of the bag."""
     work = bag.with_name("run.h5")
@@ -88,31 +103,35 @@ def main() -> None:
         encoder = load_encoder(name, random_weights=True, device="cpu")
         encoder(torch.zeros(2, 256, 256, 3, dtype=torch.uint8))  # warm-up (allocator, kernels)
         # interleaved repeats, so a burst of load from elsewhere hits every variant alike
-        times: dict[str, list[float]] = {"bare": [], 0: [], 1: []}
+        times: dict[str, list[float]] = {"bare": [], "loader": [], 0: [], 1: []}
         for _ in range(REPEATS):
             seconds, n = bare_forward(encoder, bag, batch)
             times["bare"].append(seconds)
+            times["loader"].append(through_embed(LoaderOnly(encoder), bag, batch, 0)[0])
             for workers in (0, 1):
                 seconds, count = through_embed(encoder, bag, batch, workers)
                 assert count == n
                 times[workers].append(seconds)
-        bare = min(times["bare"])
+        bare, loader = min(times["bare"]), min(times["loader"])
         for workers in (0, 1):
             seconds = min(times[workers])
-            overhead = seconds / bare - 1
-            rows.append([name, n, batch, workers, f"{n / bare:.1f}", f"{n / seconds:.1f}", f"{100 * overhead:+.1f}%"])
+            rows.append([name, n, batch, workers, f"{n / bare:.1f}", f"{n / seconds:.1f}",
+                         f"{100 * (seconds / bare - 1):+.1f}%", f"{loader:.2f}", f"{100 * loader / bare:.1f}%"])
             print(rows[-1], flush=True)
     header = ["encoder", "patches", "batch", "loader workers", "bare forward patches/s", "`pathology embed` patches/s",
-              "loader cost vs. bare forward"]
+              "embed vs. bare", "loader alone, s", "loader alone vs. bare forward"]
     table = markdown_table(header, rows)
+    load = os.getloadavg()[0]
     print(table)
-    body = f"""Machine: {machine()}; CPU only, fp32, channels-last for the CNN, random weights.
+    body = f"""Machine: {machine()}, load average {load:.1f} at the end of the run; CPU only, fp32, channels-last for the CNN, random weights.
 Patches: 256 px, 0.5 µm/px, Macenko-normalized, gzip-compressed in the bag (`pathology tile` defaults
 on a 40000×30000 synthetic slide; `resnet50-trunc` on the first {cnn_patches} of them).
 "Bare forward" is the encoder on the same patches already in memory as a uint8 tensor (resize to the
 encoder's input + normalization + forward); `pathology embed` adds reading and un-gzipping the patches,
-copying the bag for the atomic write, and writing the features (float16). Best of {REPEATS},
-the variants interleaved.
+copying the bag for the atomic write, and writing the features (float16). "Loader alone" is
+`embed_bag` with the forward pass replaced by zeros (1 loader process): the loader's own cost,
+measured directly rather than as a difference of two noisy timings. Best of {REPEATS}, the
+variants interleaved.
 
 {table}
 

@@ -7,6 +7,7 @@ import typer
 from .embed.cli import embed_command
 from .encoders.cli import app as encoders_app
 from .heatmap.cli import heatmap_command
+from .ihc.cli import ihc_command
 from .run.cli import run_command
 from .synth.cli import synth_command
 from .tile_cli import tile_command
@@ -19,3 +20,4 @@ app.command("heatmap")(heatmap_command)
 app.command("run")(run_command)
 app.add_typer(encoders_app, name="encoders")
 app.command("synth")(synth_command)
+app.command("ihc")(ihc_command)

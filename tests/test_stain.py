@@ -3,6 +3,8 @@ H&E pair, the exact lasso, the fast paths, IHC handling and errors."""
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import threading
@@ -82,9 +84,14 @@ def test_reinhard_agrees_with_staintools(pair):
     assert psnr >= 60 and mad < 0.001, (psnr, mad)  # measured: identical (same OpenCV LAB, exact tables)
 
 
-def test_vahadane_agrees_with_staintools(pair):
-    """staintools' dictionary learning runs for a wall-clock second and differs between
-    runs; ours is deterministic. The two agree to within that run-to-run spread."""
+def test_vahadane_agrees_with_staintools(pair, monkeypatch):
+    """staintools' dictionary learning runs for a wall-clock second (spams ``iter=-1``), so on
+    a busy machine it stops early and drifts; pinned here to a fixed 3,000 iterations on one
+    thread (about that second on an idle machine), it is reproducible. Ours is deterministic."""
+    from staintools.stain_extraction import vahadane_stain_extractor
+
+    spams = vahadane_stain_extractor.spams
+    monkeypatch.setattr(spams, "trainDL", functools.partial(spams.trainDL, iter=3000, numThreads=1))
     ours, ref = normalize_whole("vahadane", *pair), staintools_output("vahadane", *pair)
     psnr, mad = psnr_mad(ours, ref)
     assert psnr >= 40 and mad < 1.0, (psnr, mad)  # measured: ~55 dB, MAD ~0.2

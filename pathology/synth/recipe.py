@@ -111,5 +111,42 @@ H_AND_E = Recipe(
     ),
 )
 
-RECIPES: dict[str, Recipe] = {H_AND_E.name: H_AND_E}
+# IHC: hematoxylin counterstain and DAB, with the standard colour-deconvolution vectors
+# (Ruifrok & Johnston, skimage.color.rgb_from_hed) so the scorer's truth is well defined.
+# Concentrations are natural-log OD along a unit vector; decadic OD is that / ln 10.
+_IHC_STAINS = {"hematoxylin": (0.65, 0.70, 0.29), "dab": (0.27, 0.57, 0.78)}
+_IHC_COMPARTMENTS = {
+    "stroma": Compartment({"hematoxylin": 0.4, "dab": 0.02}, texture="fibres", texture_amount=0.4),
+    "epithelium": Compartment({"hematoxylin": 0.22, "dab": 0.05}, texture="mottle", texture_amount=0.15),
+}
+
+
+def _ihc_nuclear(name: str, tumor_dab: float) -> Recipe:
+    """A nuclear-marker IHC look (ER, PgR, Ki-67): tumour nuclei carry ``tumor_dab``, each
+    scaled by its own intensity (log-normal, σ 0.3), so a positive slide spans weak to
+    strong nuclei; stromal and immune nuclei are negative."""
+    counter = {"hematoxylin": 0.75, "dab": 0.0}
+    return Recipe(
+        name=name, stains=_IHC_STAINS, background_od=(0.035, 0.04, 0.045), compartments=_IHC_COMPARTMENTS,
+        nuclei=(
+            NucleusKind("tumor", region="epithelium", spacing_um=11.0, density=0.93, radius_um=4.4,
+                        radius_sd=0.9, elongation=(1.0, 1.6), irregularity=0.07, chromatin=0.15, rim=0.2,
+                        intensity_sd=0.3, jitter=0.6,
+                        stains={"hematoxylin": 0.55 if tumor_dab else 0.75, "dab": tumor_dab}),
+            NucleusKind("fibroblast", region="stroma", spacing_um=26.0, density=0.55, radius_um=2.4,
+                        radius_sd=0.3, elongation=(4.0, 7.0), irregularity=0.03, chromatin=0.12,
+                        intensity_sd=0.12, follows_fibres=True, stains=counter),
+            NucleusKind("lymphocyte", region="lymphoid", spacing_um=9.0, density=0.9, radius_um=3.1,
+                        radius_sd=0.3, elongation=(1.0, 1.25), irregularity=0.03, chromatin=0.12,
+                        intensity_sd=0.1, stains={"hematoxylin": 0.95, "dab": 0.0}),
+        ),
+    )
+
+
+IHC_NUCLEAR = _ihc_nuclear("ihc-nuclear", tumor_dab=1.1)
+"""Nuclear-marker positive: every tumour nucleus DAB-stained (about 1+ to 3+); stroma negative."""
+IHC_NUCLEAR_NEGATIVE = _ihc_nuclear("ihc-nuclear-negative", tumor_dab=0.0)
+"""Nuclear-marker negative: the same tissue, counterstain only."""
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (H_AND_E, IHC_NUCLEAR, IHC_NUCLEAR_NEGATIVE)}
 """Looks selectable by ``SynthConfig.recipe``."""

@@ -1,0 +1,1 @@
+"""Pictures of an IHC result for a pathologist to check."""
