@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ import torch
 from safetensors.torch import save_model
 
 from pathology import __version__
+from pathology.encoders.weights import file_sha256
 
 from . import metrics as M
 from .data import BagDataset, available_features
@@ -212,12 +212,27 @@ def full_bags(dataset: BagDataset):
         dataset.max_instances = saved
 
 
-def check_values(dataset: BagDataset) -> None:
-    """Read every bag once, so a bag with NaN/inf features stops the run before the first fold
-    trains rather than in the middle of it (one epoch's reading, a small share of a run)."""
+def feature_moments(dataset: BagDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-bag feature sums, sums of squares (rows, D) and instance counts (rows,), from one
+    read of every bag; this also stops a bag with NaN/inf features before the first fold trains
+    rather than in the middle of it."""
+    n, d = len(dataset), dataset.dim
+    sums, squares, counts = np.zeros((n, d)), np.zeros((n, d)), np.zeros(n)
     with full_bags(dataset):
-        for i in range(len(dataset)):
-            dataset[i]
+        for i in range(n):
+            x = dataset[i]["x"].double().numpy()
+            sums[i], squares[i], counts[i] = x.sum(0), np.square(x).sum(0), len(x)
+    return sums, squares, counts
+
+
+def fold_normalization(moments: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of every feature over the instances of the bags ``rows``."""
+    sums, squares, counts = moments
+    total = counts[rows].sum()
+    mean = sums[rows].sum(0) / total
+    std = np.sqrt(np.maximum(squares[rows].sum(0) / total - mean ** 2, 0.0))
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
 def run_epoch(model: MILModel, dataset: BagDataset, rows: np.ndarray, objective: Objective, optimizer,
@@ -285,12 +300,19 @@ def validation_loss(logits: list[dict], labels: list[dict], objective: Objective
 
 
 def train_fold(cohort, config: TrainConfig, fold: Fold, dataset: BagDataset, heads: list[Head],
-               device: torch.device, progress: TrainProgress) -> tuple[MILModel, Objective, dict]:
-    """Train one fold with early stopping; returns the best-epoch model, its objective and a record."""
+               device: torch.device, progress: TrainProgress,
+               normalization: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[MILModel, Objective, dict]:
+    """Train one fold with early stopping; returns the best-epoch model, its objective and a record.
+
+    ``normalization`` (mean, std of the training bags' features) standardizes the inputs: encoder
+    features differ in scale by orders of magnitude, and unscaled ones train poorly."""
     torch.manual_seed(config.seed * 1000 + fold.index)
     objective = Objective(cohort, config, fold.train)
     model = create_model(config.model, dataset.dim, heads, hidden=config.hidden, dropout=config.dropout,
-                         **config.model_kwargs).to(device)
+                         **config.model_kwargs)
+    if normalization is not None:
+        model.set_input_normalization(*normalization)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best = (math.inf, -1, None)
     stale = 0
@@ -395,8 +417,7 @@ def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
     folds = make_folds(cohort, config.folds, seed=config.seed, val_fraction=config.val_fraction)
     dataset = BagDataset(cohort, None, features=config.features, max_instances=config.max_instances,
                          in_memory=config.in_memory, seed=config.seed)
-    if not config.in_memory:  # in memory, every bag was read (and checked) already
-        check_values(dataset)
+    moments = feature_moments(dataset)
     heads = build_heads(cohort, config)
     device = resolve_device(config.device)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -410,7 +431,8 @@ def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
     with deterministic(device):
         for fold in folds:
             progress.start_fold(fold.index, len(fold.train), len(fold.val), len(fold.test))
-            model, objective, record = train_fold(cohort, config, fold, dataset, heads, device, progress)
+            model, objective, record = train_fold(cohort, config, fold, dataset, heads, device, progress,
+                                                  fold_normalization(moments, fold.train))
             save_weights(model, out_dir / f"fold_{fold.index}" / "model.safetensors", config, fold.index)
             logits, _ = forward_rows(model, dataset, fold.test, device)
             rows += prediction_rows(cohort, fold.test, logits, config, fold.index)
@@ -454,7 +476,7 @@ def run_config(cohort, config: TrainConfig, dataset: BagDataset, heads: list[Hea
         "survival": None if not config.survival else {
             "time_column": config.survival[0], "event_column": config.survival[1], "loss": config.survival_loss,
             "time_unit": time_unit_note(config), "bin_edges": edges},
-        "manifest": {"path": str(source.resolve()), "sha256": sha256(source) if source.is_file() else None,
+        "manifest": {"path": str(source.resolve()), "sha256": file_sha256(source) if source.is_file() else None,
                      "n_slides": len(cohort.table)},
         "folds": [{"fold": f.index, "test": cohort.table["slide_id"].iloc[f.test].tolist()} for f in folds],
         "bag_settings": bag_settings(first_bag, feature_name) if first_bag else None,
@@ -514,14 +536,6 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".partial")
     frame.to_csv(tmp, index=False, float_format="%.8g")
     os.replace(tmp, path)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _num(value) -> float:

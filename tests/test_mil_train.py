@@ -204,3 +204,27 @@ def test_nan_features_are_a_clear_error(tmp_path):
     with pytest.raises(BagError, match="P03-S0.h5.*NaN"):
         train_cross_validation(load(root), TrainConfig(targets=("er",), **FAST), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # found before any fold trained
+
+
+def test_features_are_standardized_with_the_training_folds_statistics(tmp_path):
+    """Encoder features come in any scale; training standardizes them with each fold's own
+    training bags, and the saved weights carry that, so an offset/scaled copy of a cohort
+    trains to the same predictions."""
+    from safetensors.torch import load_file
+
+    plain = write_cohort(tmp_path / "plain")
+    shifted = tmp_path / "shifted"
+    (shifted / "bags").mkdir(parents=True)
+    (shifted / "manifest.csv").write_bytes(plain.read_bytes())
+    for bag in (tmp_path / "plain" / "bags").glob("*.h5"):
+        with h5py.File(bag) as f:
+            x = f[f"features/{ENCODER}"][:].astype(np.float64)
+        write_bag(shifted / "bags" / bag.name, x * 40 + 300)        # still exact in float16
+    config = TrainConfig(model="abmil", targets=("er",), **FAST)
+    a = train_cross_validation(load(tmp_path / "plain"), config, tmp_path / "run_plain")
+    b = train_cross_validation(load(shifted), config, tmp_path / "run_shifted")
+    assert a["tasks"]["er"]["metrics"]["auc"]["pooled"] > 0.8
+    assert b["tasks"]["er"]["metrics"]["auc"]["pooled"] == pytest.approx(a["tasks"]["er"]["metrics"]["auc"]["pooled"],
+                                                                         abs=0.05)
+    weights = load_file(tmp_path / "run_shifted" / "fold_0" / "model.safetensors")
+    assert weights["input_mean"][0] > 250 and weights["input_scale"][2] == pytest.approx(1 / 40, rel=0.2)

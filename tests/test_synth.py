@@ -201,3 +201,15 @@ def test_cli_single_slide_and_bad_arguments(tmp_path):
     result = runner.invoke(_cli(), [str(tmp_path / "x.svs"), "--tile-size", "100"])
     assert result.exit_code == 2 and "tile size" in result.output
     assert not (tmp_path / "x.svs").exists()
+
+
+def test_cli_recipe_option_renders_ihc_and_refuses_unknown_looks(tmp_path):
+    from pathology.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["synth", str(tmp_path / "ihc.svs"), "--width", "1024", "--height", "768",
+                             "--recipe", "ihc-nuclear"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "ihc.json").read_text())["recipe"]["name"] == "ihc-nuclear"
+    bad = runner.invoke(app, ["synth", str(tmp_path / "x.svs"), "--recipe", "trichrome"])
+    assert bad.exit_code == 2 and "unknown recipe 'trichrome'" in bad.output

@@ -43,7 +43,17 @@ class MILModel(nn.Module, ABC):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.in_dim, self.hidden, self.dropout = in_dim, hidden, dropout
+        # feature standardization fitted on the training bags (identity until set); buffers, so
+        # the saved weights carry it and prediction applies exactly what training saw
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+        self.register_buffer("input_scale", torch.ones(in_dim))
         self.encoder = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+
+    def set_input_normalization(self, mean: Tensor, std: Tensor) -> None:
+        """Standardize inputs as ``(x - mean) / std`` (features with std ~0 are only centred)."""
+        std = torch.as_tensor(std, dtype=torch.float32)
+        self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.input_scale.copy_(torch.where(std > 1e-6, 1.0 / std.clamp_min(1e-6), torch.ones_like(std)))
 
     def forward(self, x: Tensor, labels: dict[str, Tensor] | None = None) -> MILOutput:
         """Logits and per-instance attention for every task of one bag ``x`` (N, in_dim).
@@ -51,6 +61,7 @@ class MILModel(nn.Module, ABC):
         if x.dim() != 2 or x.shape[1] != self.in_dim or x.shape[0] < 1:
             raise ValueError(f"{type(self).__name__} expects one bag of shape (N >= 1, {self.in_dim}), "
                              f"got {tuple(x.shape)}")
+        x = (x - self.input_mean.to(x.dtype)) * self.input_scale.to(x.dtype)
         return self.aggregate(self.encoder(x), labels if self.training else None)
 
     @abstractmethod

@@ -71,9 +71,22 @@ def _call_html(t: TaskResult) -> str:
     return f'<span class="{css}">{t.call}</span> ({t.score:.3f}, cut-off {t.threshold:g})'
 
 
+def _metrics_html(rows: Sequence[Sequence[str]], figures: Sequence[Path], out_dir: Path) -> str:
+    """The cohort's metrics table (task, metric, fold mean, pooled, 95% CI) and its plots."""
+    if not rows and not figures:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("task", "metric", "folds: mean", "pooled", "95% CI"))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    pictures = "".join(_img(f, out_dir, f.stem.replace("_", " ")) for f in figures)
+    return (f'<div class="card"><h2>Cross-validated metrics</h2><table class="summary"><tr>{head}</tr>{body}'
+            f'</table><div class="row">{pictures}</div></div>')
+
+
 def render_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, model: str,
-                  notes: Sequence[str] = ()) -> str:
-    """The HTML text of the report (pictures referenced relative to ``out_dir``)."""
+                  notes: Sequence[str] = (), metrics: Sequence[Sequence[str]] = (),
+                  figures: Sequence[Path] = ()) -> str:
+    """The HTML text of the report (pictures referenced relative to ``out_dir``); ``metrics``
+    rows and ``figures`` (ROC, Kaplan-Meier) head the page when given."""
     tasks = list(dict.fromkeys(t.task for s in slides for t in s.tasks))
     head = "".join(f"<th>{html.escape(t)}</th>" for t in tasks)
     rows, cards = [], []
@@ -85,25 +98,28 @@ def render_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, m
                     f"<td>{status}</td><td>{s.patches}</td>{cells}</tr>")
         if s.status == "failed":
             continue
-        figures = [_img(s.thumbnail, out_dir, "thumbnail, tissue and patch grid")]
-        figures += [_img(t.heatmap, out_dir, f"{t.task}: attention") for t in s.tasks]
+        pictures = [_img(s.thumbnail, out_dir, "thumbnail, tissue and patch grid")]
+        pictures += [_img(t.heatmap, out_dir, f"{t.task}: attention") for t in s.tasks]
         calls = "; ".join(f"{html.escape(t.task)}: {_call_html(t)}" for t in s.tasks)
         cards.append(f'<div class="card" id="{html.escape(s.slide_id)}"><h2>{html.escape(s.slide_id)}</h2>'
-                     f'<p>{calls}</p><div class="row">{"".join(figures)}</div></div>')
+                     f'<p>{calls}</p><div class="row">{"".join(pictures)}</div></div>')
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
             f'<div class="meta">model: {html.escape(model)} · {len(slides)} slides · {stamp}</div>'
+            f"{_metrics_html(metrics, figures, out_dir)}"
             f'<table class="summary"><tr><th>slide</th><th>status</th><th>patches</th>{head}</tr>'
             f'{"".join(rows)}</table>{"".join(cards)}<div class="note">{note_html}</div></body></html>\n')
 
 
 def write_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, model: str,
-                 notes: Sequence[str] = ()) -> Path:
+                 notes: Sequence[str] = (), metrics: Sequence[Sequence[str]] = (),
+                 figures: Sequence[Path] = ()) -> Path:
     """Write ``out_dir/report.html`` atomically and return its path."""
     path = out_dir / "report.html"
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(render_report(slides, out_dir, title=title, model=model, notes=notes), encoding="utf-8")
+    tmp.write_text(render_report(slides, out_dir, title=title, model=model, notes=notes, metrics=metrics,
+                                 figures=figures), encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..logs import setup_logging
 from .config import SynthConfig, derive_seed
+from .recipe import RECIPES
 from .writer import write_synthetic_slide
 
 _DEFAULT = SynthConfig()
@@ -43,6 +44,8 @@ def synth_command(
     = _DEFAULT.stain_variation,
     tile_size: Annotated[int, typer.Option(help="TIFF tile side in pixels (multiple of 16).")] = _DEFAULT.tile_size,
     quality: Annotated[int, typer.Option(help="JPEG quality (1-100).")] = _DEFAULT.quality,
+    recipe: Annotated[str, typer.Option(help="Staining look: " + ", ".join(RECIPES) + " (IHC: the ihc-* "
+                                             "recipes).")] = _DEFAULT.recipe,
     count: Annotated[int | None, typer.Option(help="Write N slides synthetic_000.svs… into the folder OUT, "
                                                    "their seeds derived from --seed.", show_default=False)] = None,
     processes: Annotated[int, typer.Option(help="Worker processes rendering each slide (worth it for large "
@@ -60,7 +63,8 @@ def synth_command(
     try:
         targets = _targets(out, seed, count)
         configs = [SynthConfig(width=width, height=height, mpp=mpp, seed=s, tumor_fraction=tumor_fraction,
-                               stain_variation=stain_variation, tile_size=tile_size, quality=quality)
+                               stain_variation=stain_variation, tile_size=tile_size, quality=quality,
+                               recipe=recipe)
                    for _, s in targets]
         if processes < 0:
             raise ValueError(f"--processes must be >= 0, got {processes}")

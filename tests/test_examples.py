@@ -1,0 +1,41 @@
+"""The examples run as users will run them (the fast one end to end; the shell ones parse)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.mark.slow
+def test_features_made_by_clam_or_trident_train_and_predict(tmp_path):
+    out = tmp_path / "clam"
+    done = subprocess.run([sys.executable, str(EXAMPLES / "clam_trident_features.py"), str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert metrics["tasks"]["er"]["metrics"]["auc"]["pooled"] > 0.6        # the planted signal is found
+    predictions = pd.read_csv(out / "predictions" / "predictions.csv")
+    assert len(predictions) == 30 and predictions["score"].between(0, 1).all()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.sh")))
+def test_shell_examples_are_valid_bash_using_real_commands(script):
+    text = (EXAMPLES / script).read_text()
+    assert subprocess.run(["bash", "-n", str(EXAMPLES / script)]).returncode == 0
+    assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
+    from typer.main import get_command
+
+    from mil.cli import app as mil_app
+    from pathology.cli import app as pathology_app
+    commands = {"pathology": set(get_command(pathology_app).commands), "mil": set(get_command(mil_app).commands)}
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] in commands:
+            assert words[1] in commands[words[0]], f"{script}: unknown command {words[0]} {words[1]}"
