@@ -1,7 +1,7 @@
 """Score a ``predictions.csv`` (from ``mil train`` or ``mil predict``) against a manifest's labels.
 
 The manifest's labels replace any in the predictions (joined by ``slide_id``), and the
-metrics are those of training (:func:`mil.train.evaluate_predictions`: per fold when the
+metrics are those of training (:func:`mil.runfolder.evaluate_predictions`: per fold when the
 predictions have folds, pooled with a patient-level bootstrap 95% CI), written with the
 ROC / Kaplan-Meier plots to an output folder (``metrics.json`` last, atomically).
 """
@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import metrics as M
 from .manifest import SURVIVAL, load_manifest
-from .train import PREDICTION_COLUMNS, evaluate_predictions, write_json, write_plots
+from .runfolder import PREDICTION_COLUMNS, evaluate_predictions, write_json, write_plots
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from pathology.inputs import SlideInput
 from .data import BAG_SUFFIXES, CLAM_SUBDIRS, BagError, find_bag, read_features
 from .manifest import Cohort, load_manifest, read_table
 from .models import Head, MILModel, create_model
-from .train import PREDICTION_COLUMNS, autocast, resolve_device, risk_score, write_csv
+from .runfolder import PREDICTION_COLUMNS, write_csv
+from .train import autocast, resolve_device, risk_score
 
 log = logging.getLogger(__name__)
 

@@ -9,43 +9,34 @@ fold; survival uses the discrete-time NLL over 4 time bins at the training fold'
 quantiles (default) or the Cox partial likelihood. With the same seed, a CPU run gives the
 same metrics (seeded torch, deterministic algorithms, seeded bag order and subsampling).
 
-Run folder (DESIGN.md "Runs"): ``config.json``, ``metrics.json``, ``predictions.csv``,
-``fold_<k>/model.safetensors``, ``roc_<task>.png``, ``km_<task>.png``.
+Run folder (DESIGN.md "Runs", written by :mod:`.runfolder`): ``config.json``, ``metrics.json``,
+``predictions.csv``, ``fold_<k>/model.safetensors``, ``roc_<task>.png``, ``km_<task>.png``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_model
-
-from pathology import __version__
-from pathology.encoders.weights import file_sha256
 
 from . import metrics as M
-from .data import BagDataset, available_features
+from .data import BagDataset
 from .losses import binary_loss, cox_loss, nll_survival_loss, risk_from_hazards, survival_bins
 from .models import Head, MILModel, create_model
-from .plots import plot_km, plot_roc
+from .runfolder import (PREDICTION_COLUMNS, evaluate_predictions, run_config, save_weights,
+                        time_unit_note, write_csv, write_json, write_plots)
 from .splits import Fold, make_folds
 
 log = logging.getLogger(__name__)
 
 SURVIVAL_LOSSES = ("nll", "cox")
-PREDICTION_COLUMNS = ["slide_id", "patient_id", "fold", "task", "label", "score", "event"]
-BAG_ROOT_ATTRS = ("tiling", "stain", "target_mpp", "patch_size")
-FEATURE_ATTRS = ("encoder", "weights_sha256", "dim", "input_size", "mean", "std")
 
 
 @dataclass
@@ -361,51 +352,6 @@ def prediction_rows(cohort, rows: np.ndarray, logits: list[dict], config: TrainC
     return out
 
 
-def evaluate_predictions(predictions: pd.DataFrame, kinds: dict[str, str], *, n_boot: int = M.N_BOOTSTRAP,
-                         seed: int = 0, threshold: float = M.THRESHOLD) -> dict:
-    """metrics.json's ``tasks`` entry: per task, per-fold and pooled metrics of ``predictions``
-    (columns of ``PREDICTION_COLUMNS``; rows without a fold form one group)."""
-    tasks = {}
-    for name, kind in kinds.items():
-        p = predictions[predictions["task"] == name]
-        event = p["event"].to_numpy(float) if kind == "survival" else None
-        fold_ids = p["fold"].fillna(-1).to_numpy(int)
-        per_fold = []
-        for k in np.unique(fold_ids):
-            q = p[fold_ids == k]
-            per_fold.append(M.compute(kind, q["label"].to_numpy(float), q["score"].to_numpy(float),
-                                      q["event"].to_numpy(float) if kind == "survival" else None,
-                                      where=f"{name}, fold {k}" if k >= 0 else name, threshold=threshold))
-        tasks[name] = M.summarize_task(kind, per_fold, p["label"].to_numpy(float), p["score"].to_numpy(float), event,
-                                       p["patient_id"].astype(str).to_numpy(), n_boot=n_boot, seed=seed, where=name,
-                                       threshold=threshold)
-    return tasks
-
-
-def write_plots(out_dir: Path, predictions: pd.DataFrame, kinds: dict[str, str], tasks_metrics: dict,
-                time_unit: str = "") -> list[Path]:
-    """ROC per binary task and Kaplan-Meier per survival task, from (out-of-fold) predictions."""
-    paths = []
-    for name, kind in kinds.items():
-        p = predictions[predictions["task"] == name]
-        m = tasks_metrics[name]["metrics"]
-        if kind == "binary":
-            folds = [(q["label"].to_numpy(float), q["score"].to_numpy(float))
-                     for _, q in p.groupby("fold", sort=True)] if p["fold"].notna().any() else []
-            paths.append(plot_roc(out_dir / f"roc_{name}.png", name,
-                                  (p["label"].to_numpy(float), p["score"].to_numpy(float)), folds=folds,
-                                  auc=_num(m["auc"]["pooled"]), ci=m["auc"]["ci95"],
-                                  fold_aucs=[_num(v) for v in m["auc"]["folds"]] if folds else ()))
-        else:
-            path = out_dir / f"km_{name}.png"
-            p_value = plot_km(path, name, p["label"].to_numpy(float), p["event"].to_numpy(float),
-                              p["score"].to_numpy(float), c_index=_num(m["c_index"]["pooled"]),
-                              ci=m["c_index"]["ci95"], time_unit=time_unit)
-            tasks_metrics[name]["logrank_p"] = p_value
-            paths.append(path)
-    return paths
-
-
 def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
                            progress: TrainProgress | None = None) -> dict:
     """Cross-validate ``config.model`` on ``cohort`` and write the run folder; returns the metrics
@@ -453,90 +399,3 @@ def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
     return result
 
 
-def run_config(cohort, config: TrainConfig, dataset: BagDataset, heads: list[Head], folds: list[Fold],
-               edges: dict) -> dict:
-    """``config.json``: every option, the model and heads, the data's provenance, and the bag settings."""
-    first_bag = Path(dataset.paths[0]) if dataset.paths else None
-    feature_name = config.features or (available_features(first_bag)[0] if first_bag else None)
-    source = Path(cohort.source)
-    tasks = []
-    for task, head in zip(cohort.tasks, heads):
-        tasks.append({"name": task.name, "kind": task.kind, "columns": list(task.columns), "n_outputs": head.n_outputs,
-                      "threshold": config.threshold if task.kind == "binary" else None,
-                      "output": "probability" if task.kind == "binary" else
-                      ("risk = -expected survived bins" if config.survival_loss == "nll" else "risk = Cox log-hazard")})
-    return M.json_safe({
-        "software": {"name": "pathology-mil", "version": __version__, "torch": torch.__version__},
-        "train": asdict(config),
-        "model": {"name": config.model, "in_dim": dataset.dim, "hidden": config.hidden, "dropout": config.dropout,
-                  "kwargs": config.model_kwargs},
-        "heads": tasks,
-        "features": feature_name,
-        "in_dim": dataset.dim,
-        "survival": None if not config.survival else {
-            "time_column": config.survival[0], "event_column": config.survival[1], "loss": config.survival_loss,
-            "time_unit": time_unit_note(config), "bin_edges": edges},
-        "manifest": {"path": str(source.resolve()), "sha256": file_sha256(source) if source.is_file() else None,
-                     "n_slides": len(cohort.table)},
-        "folds": [{"fold": f.index, "test": cohort.table["slide_id"].iloc[f.test].tolist()} for f in folds],
-        "bag_settings": bag_settings(first_bag, feature_name) if first_bag else None,
-    })
-
-
-def time_unit_note(config: TrainConfig) -> str:
-    return f"the unit of manifest column {config.survival[0]!r}" if config.survival else ""
-
-
-def bag_settings(path: Path, feature_name: str | None) -> dict | None:
-    """Tiling/stain/encoder settings of a ``pathology-bag/1`` bag, so ``pathology run`` can apply
-    the model to new slides the same way; None for other feature files."""
-    if path.suffix != ".h5":
-        return None
-    with h5py.File(path, "r") as f:
-        if "schema" not in f.attrs:
-            return None
-        out = {"schema": _attr(f.attrs["schema"])}
-        out.update({k: _attr(f.attrs[k]) for k in BAG_ROOT_ATTRS if k in f.attrs})
-        for k in ("tiling", "stain"):
-            if isinstance(out.get(k), str):
-                with contextlib.suppress(ValueError):
-                    out[k] = json.loads(out[k])
-        ds = f.get(f"features/{feature_name}") if feature_name else None
-        if isinstance(ds, h5py.Dataset):
-            out["features"] = {k: _attr(ds.attrs[k]) for k in FEATURE_ATTRS if k in ds.attrs}
-    return out
-
-
-def _attr(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def save_weights(model: MILModel, path: Path, config: TrainConfig, fold: int) -> None:
-    """Fold weights as safetensors (never pickle), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_model(model, str(tmp),
-               metadata={"model": config.model, "fold": str(fold), "software_version": __version__})
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    frame.to_csv(tmp, index=False, float_format="%.8g")
-    os.replace(tmp, path)
-
-
-def _num(value) -> float:
-    return math.nan if value is None else float(value)

@@ -7,7 +7,6 @@ import csv
 import json
 import re
 import shutil
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -51,7 +50,7 @@ def trained(tmp_path_factory):
 
 
 def test_run_scores_new_slides_as_trained_and_writes_the_report(trained, tmp_path):
-    new = write_synthetic_slide(tmp_path / "in" / "new.svs", SynthConfig(width=4096, height=3072, seed=99))
+    write_synthetic_slide(tmp_path / "in" / "new.svs", SynthConfig(width=4096, height=3072, seed=99))
     (tmp_path / "in" / "broken.svs").write_bytes(b"not a slide")
     out = tmp_path / "out"
     result = invoke("run", tmp_path / "in", "--model", trained / "model", "--out", out)

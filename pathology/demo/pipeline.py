@@ -32,6 +32,7 @@ from ..cores import available_cores
 from ..embed import EmbedOptions, embed_bag
 from ..encoders import load_encoder
 from ..heatmap import HeatmapOptions, attention_file, heatmap_slide
+from ..heatmap.files import safe_name
 from ..inputs import SlideInput
 from ..run.report import SlideReport, TaskResult, write_report
 from ..synth.cohort import SIZES, make_cohort
@@ -170,7 +171,7 @@ def demo_report(out: Path, run, cohort, scores: dict[str, dict[str, float]], met
     for sid in cohort.table["slide_id"]:
         folder = out / "heatmaps" / sid
         tasks = [TaskResult(t, kind, scores[sid][t], thresholds.get(t) if kind == "binary" else None,
-                            folder / f"{t}.heatmap.png") for t, kind in run.kinds.items()]
+                            folder / f"{safe_name(t)}.heatmap.png") for t, kind in run.kinds.items()]
         with h5py.File(out / "bags" / f"{sid}.h5", "r") as f:
             n = len(f["coords"])
         reports.append(SlideReport(sid, "done", n, thumbnail=out / "bags" / "qc" / f"{sid}.png", tasks=tasks))

@@ -27,6 +27,7 @@ from ..batch import Outcome
 from ..embed import EmbedOptions, embed_bag
 from ..encoders import Encoder
 from ..heatmap import HeatmapOptions, heatmap_slide
+from ..heatmap.files import safe_name
 from ..heatmap.sources import attention_file
 from ..inputs import SlideInput
 from ..tiling.pipeline import TileOptions, tile_slide
@@ -77,19 +78,12 @@ def run_slide(slide: SlideInput, advance: Callable[[int], None], *, ctx: RunCont
     thresholds = ctx.thresholds()
     folder = ctx.out / "heatmaps" / sid
     tasks = [TaskResult(task, kind, scores[task], thresholds.get(task) if kind == "binary" else None,
-                        _first(folder, task)) for task, kind in ctx.run.kinds.items()]
+                        folder / f"{safe_name(task)}.heatmap.png") for task, kind in ctx.run.kinds.items()]
     ctx.reports[sid] = SlideReport(sid, "done", n, thumbnail=ctx.bags / "qc" / f"{sid}.png", tasks=tasks)
     stages = "reused bag" if tiled.status == "skipped" else "tiled"
     stages += ", reused features" if embedded.status == "skipped" else ", embedded"
     calls = ", ".join(f"{t.task} {t.call if t.kind == 'binary' else 'risk'} {t.score:.2f}" for t in tasks)
     return Outcome(sid, "done", n, time.perf_counter() - t0, f"{stages}; {calls}")
-
-
-def _first(folder: Path, task: str) -> Path | None:
-    """The task's heatmap picture (file names are made safe by the heatmap writer)."""
-    hits = sorted(folder.glob("*.heatmap.png"))
-    exact = [p for p in hits if p.name == f"{task}.heatmap.png"]
-    return (exact or [p for p in hits if p.name.startswith(task)] or [None])[0]
 
 
 def results_rows(outcomes: list[Outcome], ctx: RunContext) -> tuple[list[str], list[dict]]:
