@@ -12,6 +12,7 @@ from rich.console import Console
 
 from .cores import available_cores
 from .batch import Outcome, run_batch, summary_table
+from .cli_exits import bad_input, exit_if_failed
 from .inputs import InputError, SlideInput, expand_inputs, parse_shard, take_shard
 from .logs import setup_logging
 from .slide import BACKENDS
@@ -85,8 +86,7 @@ def tile_command(
             stain_ref=str(stain_ref) if stain_ref else None, kind=kind.value, backend=backend.value, mpp=mpp,
             store_patches=not no_patches, compression=compression.value)
     except (InputError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise bad_input(console, exc) from None
     if not slides:
         console.print("nothing to do: this shard holds no slides")
         return
@@ -95,5 +95,4 @@ def tile_command(
     job = functools.partial(tile_job, out=out, options=options, threads=threads)
     outcomes = run_batch(slides, job, workers=workers, unit="patches", console=console)
     Console().print(summary_table(outcomes))
-    if any(o.status == "failed" for o in outcomes):
-        raise typer.Exit(1)
+    exit_if_failed(outcomes)

@@ -13,6 +13,7 @@ import torch
 import typer
 
 from ..batch import Outcome, run_batch, summary_table
+from ..cli_exits import bad_input, exit_if_failed
 from ..cores import available_cores
 from ..encoders import ENCODERS, Encoder, WeightsError, load_encoder
 from ..inputs import InputError, SlideInput, parse_shard, take_shard
@@ -111,8 +112,7 @@ def embed_command(
         model = load_encoder(encoder.value, weights, random_weights=random_weights, device=device,
                              precision=precision.value, compile=compile)
     except (InputError, WeightsError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise bad_input(console, exc) from None
     threads = available_cores()
     torch.set_num_threads(threads)
     options = EmbedOptions(batch_size=batch_size, workers=workers, dtype=dtype.value, overwrite=overwrite,
@@ -121,5 +121,4 @@ def embed_command(
     outcomes = run_batch(inputs, job, unit="patches", console=console,
                          total=pending_patches(inputs, model.spec.name, overwrite))
     console.print(summary_table(outcomes))
-    if any(o.status == "failed" for o in outcomes):
-        raise typer.Exit(1)
+    exit_if_failed(outcomes)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ..batch import Outcome, run_batch, summary_table
+from ..cli_exits import bad_input, exit_if_failed
 from ..embed.cli import expand_bags
 from ..inputs import InputError, SlideInput, parse_shard, take_shard
 from ..logs import setup_logging
@@ -88,13 +89,11 @@ def heatmap_command(
                                  alpha=alpha, top_k=top_k, slide=slide)
         source = attention_source(attention, model, len(bags))
     except (InputError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise bad_input(console, exc) from None
     if not bags:
         console.print("nothing to do: this shard holds no bags")
         return
     job = functools.partial(heatmap_job, attention=source, out=out, options=options)
     outcomes = run_batch(bags, job, unit="patches", console=console)
     console.print(summary_table(outcomes))
-    if any(o.status == "failed" for o in outcomes):
-        raise typer.Exit(1)
+    exit_if_failed(outcomes)

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from ..batch import Outcome, run_batch, summary_table
+from ..cli_exits import bad_input, exit_if_failed
 from ..cores import available_cores
 from ..inputs import InputError, SlideInput, expand_inputs, parse_shard, take_shard
 from ..logs import setup_logging
@@ -76,8 +77,7 @@ def ihc_command(
             working_mpp=working_mpp, tile_size=tile_size, tissue=TissueParams(mask_mpp=mask_mpp),
             backend=backend.value, mpp=mpp)
     except (InputError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise bad_input(console, exc) from None
     if not slides:
         console.print("nothing to do: this shard holds no slides")
         return
@@ -88,8 +88,7 @@ def ihc_command(
     Console().print(summary_table(outcomes, unit="tiles"))
     if scores:
         console.print(f"scores: {scores}", highlight=False)
-    if any(o.status == "failed" for o in outcomes):
-        raise typer.Exit(1)
+    exit_if_failed(outcomes)
 
 
 __all__ = ["ihc_command"]

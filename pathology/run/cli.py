@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from ..batch import run_batch, summary_table
+from ..cli_exits import bad_input, exit_if_failed
 from ..cores import available_cores
 from ..embed import EmbedOptions
 from ..encoders import WeightsError, load_encoder
@@ -63,8 +64,7 @@ def run_command(
         check_encoder(encoder, features)
         heat = HeatmapOptions(normalization=normalize, max_size=max_size, top_k=top_k)
     except (InputError, RunError, SettingsError, WeightsError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise bad_input(console, exc) from None
     if not slides:
         console.print("nothing to do: this shard holds no slides")
         return
@@ -82,5 +82,4 @@ def run_command(
                                  "where the model looked (attention), not where the disease is."])
     Console().print(summary_table(outcomes))
     console.print(f"results: {out / 'results.csv'} · report: {report}")
-    if any(o.status == "failed" for o in outcomes):
-        raise typer.Exit(1)
+    exit_if_failed(outcomes)

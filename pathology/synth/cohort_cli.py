@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from ..batch import summary_table
+from ..cli_exits import bad_input
 from ..cores import available_cores
 from ..logs import setup_logging
 from .cohort import SIZES, make_cohort
@@ -54,8 +55,7 @@ def cohort_command(
                            height=preset.height, mpp=preset.mpp, stain_variation=stain_variation,
                            workers=workers or available_cores(), console=console)
     except ValueError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise bad_input(console, exc) from None
     Console().print(summary_table(info.outcomes, unit="rows"))
     if not quiet:
         console.print(f"cohort of {n_slides} slides from {n_patients} patients in {out}: manifest "
