@@ -59,6 +59,20 @@ def test_real_ihc_image_her2(tmp_path, data):
     assert [s["slide_id"] for s in scores] == ["ihc"] and scores[0]["call_value"] == "3"
 
 
+def test_a_nuclear_marker_on_membranous_staining_is_flagged(tmp_path, data):
+    """ihc.png's DAB is membranous (HER2-like): scored as ER, the "positive nuclei" are brown
+    cell bodies several times the size of the negative nuclei, and the result says so."""
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ihc", str(data / "scikit-image" / "ihc.png"), "--marker", "er", "--out", str(out),
+                                 "--mpp", "0.5"])
+    assert result.exit_code == 0, result.output
+    r = json.loads((out / "ihc.json").read_text())
+    sizes = r["mean_nucleus_area_um2"]
+    assert sizes["positive"] > 2 * sizes["negative"]
+    assert len(r["warnings"]) == 1 and "membranous or cytoplasmic" in r["warnings"][0]
+    assert "membranous or cytoplasmic" in " ".join(result.output.split())
+
+
 def test_batch_keeps_going_resumes_and_reports(tmp_path, data):
     write_cell_field(tmp_path / "slides" / "field.svs", CellFieldConfig(width=768, height=768, seed=5))
     (tmp_path / "slides" / "broken.svs").write_bytes(b"not a slide")

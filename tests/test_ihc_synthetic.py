@@ -41,6 +41,9 @@ def test_nuclear_scores_match_the_truth(tmp_path, fractions, seed):
     assert np.abs(found - np.array(truth["class_percent"])).max() <= 3
     assert result["allred"]["proportion_score"] == (5 if truth["percent_positive"] > 200 / 3 else
                                                     4 if truth["percent_positive"] > 100 / 3 else 2)
+    assert result["warnings"] == []                   # true nuclear staining raises no plausibility warning
+    sizes = result["mean_nucleus_area_um2"]
+    assert 0.5 < sizes["positive"] / sizes["negative"] < 2
 
 
 def test_thresholds_are_settable(tmp_path):

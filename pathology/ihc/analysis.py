@@ -7,7 +7,7 @@ the tile's edge are measured whole; only those whose centroid falls in the tile'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class TileCells:
     intensity: np.ndarray
     tissue_px: int
     dab_positive_px: int
+    area_um2: np.ndarray = field(default_factory=lambda: np.zeros(0))   # nucleus area per counted cell
     labels: np.ndarray | None = None
     cells: np.ndarray | None = None
 
@@ -78,5 +79,6 @@ def analyze_tile(rgb: np.ndarray, tissue: np.ndarray, settings: Settings, keep_l
         cells = lut[cells] if cells is not None else None
     return TileCells(x=nuclei.x[counted], y=nuclei.y[counted], classes=classes[counted],
                      intensity=intensity[counted], tissue_px=int(core.sum()),
+                     area_um2=nuclei.area_px[counted] * s.mpp ** 2,
                      dab_positive_px=int((core & (dab >= s.thresholds.weak)).sum()),
                      labels=labels, cells=cells if keep_labels else None)

@@ -35,15 +35,18 @@ class TileTable:
     tissue_px: np.ndarray       # int64 (N,)
     dab_px: np.ndarray          # int64 (N,)
     intensity_sum: np.ndarray   # float64 (N,): summed per-cell intensity OD
+    area_sum: np.ndarray        # float64 (N, 4): summed nucleus area per class, µm²
 
     @classmethod
     def empty(cls, n: int) -> TileTable:
-        return cls(np.zeros((n, 4), np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n))
+        return cls(np.zeros((n, 4), np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n),
+                   np.zeros((n, 4)))
 
     def record(self, i: int, cells: TileCells) -> None:
         self.counts[i] = cells.counts()
         self.tissue_px[i], self.dab_px[i] = cells.tissue_px, cells.dab_positive_px
         self.intensity_sum[i] = float(cells.intensity.sum())
+        self.area_sum[i] = np.bincount(cells.classes, weights=cells.area_um2, minlength=4)[:4]
 
     def totals(self) -> np.ndarray:
         return self.counts.sum(axis=0)

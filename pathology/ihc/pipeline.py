@@ -141,6 +141,8 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
                                                                for k, v in maps.items()}},
             software_version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_json(json_path, record)
+    for warning in record["warnings"]:
+        log.warning("%s: %s", slide_id, warning)
     n = int(counts.sum())
     if not n:
         log.warning("%s: no cells found; check qc/%s.png and the tissue mask (--mask-mpp)", slide_id, slide_id)

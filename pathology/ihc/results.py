@@ -26,12 +26,39 @@ CSV_COLUMNS = ["slide_id", "marker", "cells", *CLASS_NAMES, "percent_positive", 
                "working_mpp", "thresholds"]
 
 
+MIN_CELLS_FOR_CHECK = 20       # per side, before the nucleus sizes of positive and negative cells are compared
+SIZE_RATIO_WARNING = 2.0        # positive "nuclei" this much larger than negative ones: not nuclear staining
+
+
+def nucleus_sizes(table: TileTable) -> dict[str, float | None]:
+    """Mean nucleus area (µm²) of the negative and of the positive (1+ to 3+) cells."""
+    counts, areas = table.counts.sum(axis=0), table.area_sum.sum(axis=0)
+    neg, pos = int(counts[0]), int(counts[1:].sum())
+    return {"negative": round(float(areas[0]) / neg, 1) if neg else None,
+            "positive": round(float(areas[1:].sum()) / pos, 1) if pos else None}
+
+
+def staining_warnings(marker: Marker, counts: np.ndarray, sizes: dict[str, float | None]) -> list[str]:
+    """Plausibility checks a reader of the scores should see: a nuclear marker whose positive
+    "nuclei" are much larger than its negative ones is staining membranes or cytoplasm, and the
+    nuclear counts are then meaningless."""
+    if marker.compartment != "nuclear" or counts[0] < MIN_CELLS_FOR_CHECK or counts[1:].sum() < MIN_CELLS_FOR_CHECK:
+        return []
+    ratio = sizes["positive"] / sizes["negative"]
+    if ratio < SIZE_RATIO_WARNING:
+        return []
+    return [f"positive nuclei are {ratio:.1f}x larger than negative ones ({sizes['positive']:.0f} vs "
+            f"{sizes['negative']:.0f} µm²): the DAB looks membranous or cytoplasmic, not nuclear, so these "
+            f"{marker.name} counts are unreliable; check the QC picture (a membrane marker is --marker her2)"]
+
+
 def slide_record(*, schema: str, slide_id: str, slide_path: str, slide_fingerprint: str, params: dict,
                  marker: Marker, counts: np.ndarray, table: TileTable, basis: StainBasis, mpp: float,
                  mpp_source: str, outputs: dict, software_version: str, created: str) -> dict:
     """The JSON content of one slide's result (every score is recomputable from ``class_counts``)."""
     n = int(counts.sum())
     tissue_px = int(table.tissue_px.sum())
+    sizes = nucleus_sizes(table)
     return {
         "schema": schema, "slide_id": slide_id, "slide_path": slide_path, "slide_fingerprint": slide_fingerprint,
         "marker": {"name": marker.name, "title": marker.title, "compartment": marker.compartment},
@@ -46,6 +73,8 @@ def slide_record(*, schema: str, slide_id: str, slide_path: str, slide_fingerpri
                                                 "rule": "no cells were found on the tissue mask"},
         "dab_positive_area_percent": round(100 * float(table.dab_px.sum()) / tissue_px, 3) if tissue_px else 0.0,
         "mean_cell_intensity_od": round(float(table.intensity_sum.sum()) / n, 4) if n else 0.0,
+        "mean_nucleus_area_um2": sizes,
+        "warnings": staining_warnings(marker, counts, sizes),
         "thresholds_dab_od": params["thresholds"],
         "stain_basis": basis.describe(),
         "mpp_level0": mpp, "mpp_source": mpp_source, "working_mpp": params["working_mpp"],
