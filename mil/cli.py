@@ -20,6 +20,7 @@ from rich.table import Table
 
 from pathology import __version__
 from pathology.batch import summary_table
+from pathology.cli_exits import exit_if_failed
 from pathology.logs import setup_logging
 
 from .manifest import ManifestError, load_manifest
@@ -211,8 +212,7 @@ def predict_command(
         raise fail(console, exc) from None
     Console().print(summary_table(outcomes, unit="instances"))
     console.print(f"predictions written to {out / 'predictions.csv'}")
-    if any(o.status == "failed" for o in outcomes):
-        raise typer.Exit(1)
+    exit_if_failed(outcomes)
 
 
 @app.command("evaluate")

@@ -40,3 +40,15 @@ def write_pyramid_tiff(path: Path, image: np.ndarray, downsamples=(1, 4, 16), mp
                 tif.write(image[::32, ::32].copy(), photometric="rgb", compression="jpeg",
                           description=f"Aperio Image Library v12.0.0\r\n{w}x{h} -> thumbnail", metadata=None)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models and bags: one torch thread is faster, and immune to other processes on a
+    shared CPU (used by the MIL test modules through ``pytestmark``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

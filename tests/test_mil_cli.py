@@ -38,13 +38,7 @@ def train(root: Path, out: Path, *extra: object):
     return mil("train", "--manifest", root / "manifest.csv", "--bags", root / "bags", "--out", out, *FAST, *extra)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny bags: one torch thread is faster, and immune to other processes on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

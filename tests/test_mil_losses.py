@@ -18,12 +18,7 @@ from mil.models import Head, create_model
 sig = lambda v: 1.0 / (1.0 + math.exp(-v))  # noqa: E731
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------ discrete-time NLL

@@ -36,13 +36,7 @@ INSTANCE_LOSS_MODELS = ("clam-sb", "clam-mb", "dsmil")
 MULTI_HEADS = [Head("tumor", 1), Head("er", 1), Head("os", 4)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops run fastest on one thread (and the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_bags(n: int, seed: int) -> tuple[list[torch.Tensor], np.ndarray, list[np.ndarray]]:

@@ -15,7 +15,6 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from mil.data import BagError
 from mil.manifest import load_manifest
@@ -80,13 +79,7 @@ def write_cohort(root: Path, *, n_patients: int = 24, slides_per_patient: int = 
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny bags: one torch thread is faster, and immune to other processes on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FAST = dict(folds=3, epochs=10, patience=4, hidden=16, batch_size=4, n_bootstrap=200, lr=1e-2)
