@@ -31,8 +31,8 @@ class Kind(str, Enum):
 
 
 class Compression(str, Enum):
-    gzip = "gzip"
     none = "none"
+    gzip = "gzip"
 
 
 def tile_job(slide: SlideInput, advance, *, out: Path, options: TileOptions, threads: int) -> Outcome:
@@ -62,7 +62,9 @@ def tile_command(
     = None,
     no_patches: Annotated[bool, typer.Option("--no-patches", help="Store coordinates only; the encoder "
                                                                   "reads from the slide.")] = False,
-    compression: Annotated[Compression, typer.Option(help="Patch storage.")] = Compression.gzip,
+    compression: Annotated[Compression, typer.Option(
+        help="Patch storage. gzip saves ~20% of disk on H&E and costs more CPU to decode than the "
+             "default encoder takes to embed the patch.")] = Compression.none,
     mask_mpp: Annotated[float, typer.Option(help="Resolution (µm/px) of the tissue mask.")]
     = TissueParams().mask_mpp,
     shard: Annotated[str | None, typer.Option(help="Process share i/n of the batch (0 <= i < n), "

@@ -140,7 +140,9 @@ def test_loader_workers_and_batch_size_do_not_change_features(bags):
     result = invoke("embed", bags / "bags", "--dtype", "float32", "--overwrite", "--workers", "1",
                     "--batch-size", "7")
     assert result.exit_code == 0, result.output
+    assert "--workers 1 on the CPU" in " ".join(result.output.split())  # warned: workers slow a CPU run
     assert np.array_equal(features(bags / "bags/syn.h5")[0], reference)
+    assert sorted(p.name for p in (bags / "bags").iterdir() if p.is_file()) == ["syn.h5"]  # no .partial/.old left
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import logging
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,8 @@ from ..encoders import ENCODERS, Encoder, WeightsError, load_encoder
 from ..inputs import InputError, SlideInput, parse_shard, take_shard
 from ..logs import setup_logging
 from .run import DTYPES, EmbedOptions, embed_bag, existing_features
+
+log = logging.getLogger(__name__)
 
 EncoderName = Enum("EncoderName", {n: n for n in ENCODERS}, type=str)
 Dtype = Enum("Dtype", {n: n for n in DTYPES}, type=str)
@@ -86,7 +89,8 @@ def embed_command(
     precision: Annotated[Precision, typer.Option(help="Autocast precision; auto: the encoder's preference on "
                                                       "a GPU, fp32 on the CPU.")] = Precision.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Patches per forward pass.")] = 64,
-    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes reading patches.")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes reading patches (with a "
+                                                     "GPU; on a CPU they slow the encoder down).")] = 0,
     dtype: Annotated[Dtype, typer.Option(help="Stored feature precision.")] = Dtype("float16"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute features already in a bag.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder (pays off on GPUs "
@@ -113,6 +117,9 @@ def embed_command(
                              precision=precision.value, compile=compile)
     except (InputError, WeightsError, ValueError) as exc:
         raise bad_input(console, exc) from None
+    if workers and model.device.type == "cpu":
+        log.warning("--workers %d on the CPU: loader processes compete with the encoder's threads for the "
+                    "cores and make embedding slower (benchmarks/RESULTS.md); they pay with a GPU", workers)
     threads = available_cores()
     torch.set_num_threads(threads)
     options = EmbedOptions(batch_size=batch_size, workers=workers, dtype=dtype.value, overwrite=overwrite,

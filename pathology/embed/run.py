@@ -1,15 +1,15 @@
 """Embed one bag: its patches through an encoder into ``/features/<encoder>``, atomically.
 
-The bag is copied to a temporary file beside it, the features are written into the copy,
-and the copy replaces the bag only when complete: an interrupted run leaves the bag as it
-was (HDF5 files opened for writing can be corrupted by a crash; the original never is).
+The bag is copied to a temporary file beside it while the encoder runs (``staging``); the
+features, kept in memory until then (N × D: tens of MB for a large slide), are written into
+the copy, and the copy replaces the bag only when complete: an interrupted run leaves the
+bag as it was (HDF5 files opened for writing can be corrupted by a crash; the original
+never is).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,12 +18,14 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from torch.utils.data import DataLoader, IterableDataset
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..bag import SCHEMA
 from ..batch import Outcome
 from ..encoders import Encoder
 from .patches import bag_patches
+from .staging import StagedCopy
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,29 @@ def existing_features(bag: Path, name: str) -> dict | None:
         return None if node is None else dict(node.attrs)
 
 
+def patch_loader(bag: Path, options: EmbedOptions, device: torch.device) -> tuple[Dataset, DataLoader]:
+    """The bag's patches (stored, or re-read from its slide) and the DataLoader that batches them."""
+    slide = None
+    if options.slides is not None:
+        with h5py.File(bag, "r") as f:
+            slide = options.slides / Path(str(f.attrs.get("slide_path", ""))).name
+    dataset = bag_patches(bag, options.batch_size, slide, options.threads)
+    workers = min(options.workers, 1) if isinstance(dataset, IterableDataset) else options.workers
+    return dataset, DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                               prefetch_factor=4 if workers else None)
+
+
+def write_features(path: Path, name: str, features: np.ndarray, attrs: dict) -> None:
+    """``/features/<name>`` in the bag at ``path``, replacing any earlier one."""
+    with h5py.File(path, "r+") as f:
+        group = f.require_group("features")
+        if name in group:
+            del group[name]
+        out = group.create_dataset(name, data=features, chunks=(max(1, min(len(features), 1024)), features.shape[1])
+                                   if len(features) else None)
+        out.attrs.update(attrs)
+
+
 def embed_bag(bag: Path, encoder: Encoder, options: EmbedOptions,
               advance: Callable[[int], None] = lambda n: None) -> Outcome:
     """Write ``/features/<encoder>`` into ``bag`` (skipped when present, unless overwriting)."""
@@ -59,38 +84,25 @@ def embed_bag(bag: Path, encoder: Encoder, options: EmbedOptions,
         same = present.get("weights_sha256") == encoder.weights_sha256
         return Outcome(bag.stem, "skipped", message=f"features/{name} present" +
                        ("" if same else " (made with other weights; --overwrite replaces them)"))
-    slide = None
-    if options.slides is not None:
-        with h5py.File(bag, "r") as f:
-            slide = options.slides / Path(str(f.attrs.get("slide_path", ""))).name
-    dataset = bag_patches(bag, options.batch_size, slide, options.threads)
-    workers = min(options.workers, 1) if isinstance(dataset, IterableDataset) else options.workers
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers,
-                        pin_memory=encoder.device.type == "cuda", prefetch_factor=4 if workers else None)
-    tmp = bag.with_name(f"{bag.name}.{os.getpid()}.partial")
+    dataset, loader = patch_loader(bag, options, encoder.device)
+    features = np.empty((dataset.count, encoder.spec.dim), DTYPES[options.dtype])
+    batches = iter(loader)  # loader workers fork before the copy thread starts
+    staged = StagedCopy(bag)
     try:
-        shutil.copyfile(bag, tmp)
-        with h5py.File(tmp, "r+") as f:
-            group = f.require_group("features")
-            if name in group:
-                del group[name]
-            out = group.create_dataset(name, shape=(dataset.count, encoder.spec.dim), dtype=DTYPES[options.dtype],
-                                       chunks=(max(1, min(dataset.count, 1024)), encoder.spec.dim)
-                                       if dataset.count else None)
-            for start, patches in loader:
-                features = encoder(patches).cpu().numpy()
-                if not np.isfinite(features).all():
-                    raise ValueError(f"{bag.name}: encoder {name} gave non-finite features for patches "
-                                     f"{start}-{start + len(patches) - 1}")
-                out[start:start + len(features)] = features
-                advance(len(features))
-            attrs = {**encoder.feature_attrs(), "batch_size": options.batch_size,
-                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "patch_source": "slide" if isinstance(dataset, IterableDataset) else "bag"}
-            out.attrs.update(attrs)
-        os.replace(tmp, bag)
+        for start, patches in batches:
+            batch = encoder(patches).cpu().numpy()
+            if not np.isfinite(batch).all():
+                raise ValueError(f"{bag.name}: encoder {name} gave non-finite features for patches "
+                                 f"{start}-{start + len(patches) - 1}")
+            features[start:start + len(batch)] = batch
+            advance(len(batch))
+        attrs = {**encoder.feature_attrs(), "batch_size": options.batch_size,
+                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "patch_source": "slide" if isinstance(dataset, IterableDataset) else "bag"}
+        write_features(staged.ready(), name, features, attrs)
+        staged.commit()
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        staged.discard()
         raise
     seconds = time.perf_counter() - t0
     return Outcome(bag.stem, "done", dataset.count, seconds,

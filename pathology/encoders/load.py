@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..memory import reuse_freed_memory
 from .registry import get_spec
 from .spec import EncoderSpec
 from .weights import apply_weights, file_sha256, locate_weights, parameters_sha256, read_checkpoint
@@ -115,7 +116,9 @@ def _build_with(spec: EncoderSpec, path: Path) -> nn.Module:
 def load_encoder(name: str, weights: str | Path | None = None, *, random_weights: bool = False,
                  device: str = "auto", precision: str = "auto", compile: bool = False) -> Encoder:
     """Build ``name`` from the registry and load its weights (``weights``, else the local
-    cache; ``random_weights`` skips loading, for tests and benchmarks only)."""
+    cache; ``random_weights`` skips loading, for tests and benchmarks only). On the CPU the
+    process then keeps freed memory for reuse (:mod:`pathology.memory`): batches run up to
+    twice as fast."""
     spec = get_spec(name)
     path = None if random_weights else locate_weights(spec, weights)  # before building: fail fast
     if path is None:
@@ -125,6 +128,8 @@ def load_encoder(name: str, weights: str | Path | None = None, *, random_weights
         model = _build_with(spec, path)
         sha = file_sha256(path)
     torch_device = select_device(device)
+    if torch_device.type == "cpu":
+        reuse_freed_memory()
     model.eval().to(torch_device)
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
