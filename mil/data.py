@@ -21,6 +21,8 @@ import h5py
 import numpy as np
 import torch
 
+from pathology.h5rows import read_rows
+
 if TYPE_CHECKING:
     from .manifest import Cohort
 
@@ -177,10 +179,10 @@ def _feature_dataset(f: h5py.File, path: Path, features: str | None) -> tuple[st
 
 
 def _rows(ds: h5py.Dataset, lead: bool, index: np.ndarray | None) -> np.ndarray:
-    """All rows of an (N, ...) or (1, N, ...) dataset, or the sorted ``index`` rows."""
+    """All rows of an (N, ...) or (1, N, ...) dataset, or the ``index`` rows."""
     if index is None:
         return ds[0] if lead else ds[()]
-    return ds[0, index] if lead else ds[index]
+    return read_rows(ds, index, lead)
 
 
 def _to_float32(array: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..h5rows import read_rows
 from ..slide import Slide
 from ..stain import restore_normalizer
 from ..qc import _font
@@ -35,9 +36,8 @@ def read_patches(bag: BagView, rows: np.ndarray,
     if not len(rows):
         return np.zeros((0, TILE, TILE, 3), np.uint8)
     if bag.has_patches:
-        unique, inverse = np.unique(rows, return_inverse=True)
         with h5py.File(bag.path, "r") as f:
-            return f["patches"][unique][inverse]
+            return read_rows(f["patches"], rows)
     size = int(bag.attrs["patch_size"])
     level = int(bag.attrs["read_level"])
     with open_slide("the montage (the bag stores no patches)") as slide:
