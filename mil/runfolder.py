@@ -82,8 +82,10 @@ def write_plots(out_dir: Path, predictions: pd.DataFrame, kinds: dict[str, str],
 
 
 def run_config(cohort, config: TrainConfig, dataset: BagDataset, heads: list[Head], folds: list[Fold],
-               edges: dict) -> dict:
-    """``config.json``: every option, the model and heads, the data's provenance, and the bag settings."""
+               bin_cuts: dict) -> dict:
+    """``config.json``: every option, the model and heads, the data's provenance, and the bag settings.
+    ``bin_cuts`` (NLL survival, per task and fold): the times between the discrete-time bins;
+    bin k runs from cut k-1 to cut k, the first from -inf and the last to +inf."""
     first_bag = Path(dataset.paths[0]) if dataset.paths else None
     feature_name = config.features or (available_features(first_bag)[0] if first_bag else None)
     source = Path(cohort.source)
@@ -103,7 +105,7 @@ def run_config(cohort, config: TrainConfig, dataset: BagDataset, heads: list[Hea
         "in_dim": dataset.dim,
         "survival": None if not config.survival else {
             "time_column": config.survival[0], "event_column": config.survival[1], "loss": config.survival_loss,
-            "time_unit": time_unit_note(config), "bin_edges": edges},
+            "time_unit": time_unit_note(config), "bin_cuts": bin_cuts},
         "manifest": {"path": str(source.resolve()), "sha256": file_sha256(source) if source.is_file() else None,
                      "n_slides": len(cohort.table)},
         "folds": [{"fold": f.index, "test": cohort.table["slide_id"].iloc[f.test].tolist()} for f in folds],

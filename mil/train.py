@@ -28,7 +28,7 @@ import torch
 
 from . import metrics as M
 from .data import BagDataset
-from .losses import binary_loss, cox_loss, nll_survival_loss, risk_from_hazards, survival_bins
+from .losses import binary_loss, cox_loss, nll_survival_loss, risk_from_hazards, survival_bins, time_to_bin
 from .models import Head, MILModel, create_model
 from .runfolder import (PREDICTION_COLUMNS, evaluate_predictions, run_config, save_weights,
                         time_unit_note, write_csv, write_json, write_plots)
@@ -132,11 +132,6 @@ def risk_score(logits: torch.Tensor, survival_loss: str) -> torch.Tensor:
     return risk_from_hazards(logits) if survival_loss == "nll" else logits[..., 0]
 
 
-def time_bin(times: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin index of each time; bin k is [edges[k], edges[k + 1])."""
-    return np.clip(np.searchsorted(edges, times, side="right") - 1, 0, len(edges) - 2)
-
-
 class Objective:
     """The training loss of one fold: per-bag BCE / discrete-time NLL terms and a Cox term over groups of bags."""
 
@@ -171,7 +166,7 @@ class Objective:
                 if math.isnan(time) or math.isnan(event):
                     term = out.sum() * 0.0
                 else:
-                    b = torch.tensor([int(time_bin(np.array([time]), self.edges[task.name])[0])], device=out.device)
+                    b = torch.tensor([int(time_to_bin(np.array([time]), self.edges[task.name])[0])], device=out.device)
                     term = nll_survival_loss(out.reshape(1, -1), b, torch.tensor([event], device=out.device))
             else:
                 continue
@@ -372,7 +367,7 @@ def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
         log.warning("%s: replacing the run in this folder", out_dir)
         stale.unlink()
     kinds = {t.name: t.kind for t in cohort.tasks}
-    records, rows, edges = [], [], {}
+    records, rows, cuts = [], [], {}
     progress.start(len(folds), config.epochs)
     with deterministic(device):
         for fold in folds:
@@ -383,8 +378,8 @@ def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
             logits, _ = forward_rows(model, dataset, fold.test, device)
             rows += prediction_rows(cohort, fold.test, logits, config, fold.index)
             records.append(record)
-            edges.update({f"{name}/fold_{fold.index}": e.tolist() for name, e in objective.edges.items()})
-    write_json(out_dir / "config.json", run_config(cohort, config, dataset, heads, folds, edges))
+            cuts.update({f"{name}/fold_{fold.index}": e[1:-1].tolist() for name, e in objective.edges.items()})
+    write_json(out_dir / "config.json", run_config(cohort, config, dataset, heads, folds, cuts))
     predictions = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
     write_csv(predictions, out_dir / "predictions.csv")
     tasks_metrics = evaluate_predictions(predictions, kinds, n_boot=config.n_bootstrap, seed=config.seed,

@@ -162,8 +162,8 @@ def test_survival_with_known_hazard(tmp_path, loss):
     assert (tmp_path / "run" / "km_survival.png").is_file()
     config_json = json.loads((tmp_path / "run" / "config.json").read_text())
     if loss == "nll":
-        edges = config_json["survival"]["bin_edges"]
-        assert len(edges) == 3 and all(len(e) == 5 for e in edges.values())
+        cuts = config_json["survival"]["bin_cuts"]  # 4 bins: 3 finite, increasing times between them
+        assert len(cuts) == 3 and all(len(c) == 3 and np.all(np.diff(c) > 0) for c in cuts.values())
     preds = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert preds["event"].notna().all() and (preds["label"] == cohort.table.set_index("slide_id").loc[
         preds["slide_id"], "survival_time"].to_numpy()).all()
