@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .cores import available_cores
+from .cores import share_cores
 from .batch import Outcome, run_batch, summary_table
 from .cli_exits import bad_input, exit_if_failed
 from .inputs import InputError, SlideInput, expand_inputs, parse_shard, take_shard
@@ -92,8 +92,7 @@ def tile_command(
     if not slides:
         console.print("nothing to do: this shard holds no slides")
         return
-    workers = max(1, min(workers, len(slides)))
-    threads = max(1, available_cores() // workers)
+    workers, threads = share_cores(len(slides), workers)
     job = functools.partial(tile_job, out=out, options=options, threads=threads)
     outcomes = run_batch(slides, job, workers=workers, unit="patches", console=console)
     Console().print(summary_table(outcomes))

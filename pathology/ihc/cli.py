@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ..batch import Outcome, run_batch, summary_table
 from ..cli_exits import bad_input, exit_if_failed
-from ..cores import available_cores
+from ..cores import share_cores
 from ..inputs import InputError, SlideInput, expand_inputs, parse_shard, take_shard
 from ..logs import setup_logging
 from ..slide import BACKENDS
@@ -81,8 +81,8 @@ def ihc_command(
     if not slides:
         console.print("nothing to do: this shard holds no slides")
         return
-    workers = max(1, min(workers, len(slides)))
-    job = functools.partial(ihc_job, out=out, options=options, threads=max(1, available_cores() // workers))
+    workers, threads = share_cores(len(slides), workers)
+    job = functools.partial(ihc_job, out=out, options=options, threads=threads)
     outcomes = run_batch(slides, job, workers=workers, unit="tiles", console=console)
     scores = write_scores_csv(out) if out.is_dir() else None
     Console().print(summary_table(outcomes, unit="tiles"))
