@@ -59,6 +59,12 @@ def test_copy_falls_back_when_the_kernel_cannot_copy_between_files(bag, tmp_path
     assert (tmp_path / "copy.h5").read_bytes() == bag.read_bytes()
 
 
+def test_copy_works_where_python_has_no_copy_file_range(bag, tmp_path, monkeypatch):
+    monkeypatch.delattr(os, "copy_file_range", raising=False)  # macOS
+    kernel_copy(bag, tmp_path / "copy.h5")
+    assert (tmp_path / "copy.h5").read_bytes() == bag.read_bytes()
+
+
 def test_commit_without_hard_links_still_replaces(bag, monkeypatch):
     def no_links(*args):
         raise PermissionError(1, "Operation not permitted")

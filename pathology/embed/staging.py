@@ -19,17 +19,21 @@ from pathlib import Path
 
 
 def kernel_copy(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` in the kernel: a reflink where the filesystem shares extents."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        size, done = os.fstat(fin.fileno()).st_size, 0
-        try:
-            while done < size:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), size - done)
-                if n == 0:
-                    break
-                done += n
-        except OSError:  # no copy_file_range between these filesystems: sendfile below
-            done = -1
+    """Copy ``src`` to ``dst`` in the kernel: a reflink where the filesystem shares extents.
+    Without ``copy_file_range`` (macOS, or refused between these filesystems), shutil's copy
+    (sendfile on Linux, fcopyfile on macOS)."""
+    done, size = -1, os.path.getsize(src)
+    if hasattr(os, "copy_file_range"):
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            done = 0
+            try:
+                while done < size:
+                    n = os.copy_file_range(fin.fileno(), fout.fileno(), size - done)
+                    if n == 0:
+                        break
+                    done += n
+            except OSError:
+                done = -1
     if done != size:
         shutil.copyfile(src, dst)
 
