@@ -19,26 +19,25 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-
-import threading
 
 import h5py
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, markdown_table, write_section  # noqa: E402
-from bench_tile import WORK, synthetic_slide  # noqa: E402
+from _results import machine, markdown_table, write_section
+from bench_tile import WORK, synthetic_slide
 
-from pathology.encoders import load as encoder_loading  # noqa: E402
-from pathology.cores import available_cores  # noqa: E402
-from pathology.embed import EmbedOptions, embed_bag  # noqa: E402
-from pathology.embed.run import patch_loader, write_features  # noqa: E402
-from pathology.embed.staging import StagedCopy  # noqa: E402
-from pathology.encoders import load_encoder  # noqa: E402
-from pathology.tiling.pipeline import TileOptions, tile_slide  # noqa: E402
+from pathology.cores import available_cores
+from pathology.embed import EmbedOptions, embed_bag
+from pathology.embed.run import patch_loader, write_features
+from pathology.embed.staging import StagedCopy
+from pathology.encoders import load as encoder_loading
+from pathology.encoders import load_encoder
+from pathology.tiling.pipeline import TileOptions, tile_slide
 
 
 def tiled_bag(width: int, height: int, compression: str, limit: int | None) -> Path:
@@ -194,7 +193,8 @@ def main() -> None:
     loader_st, write_st, embed_st = shares["stain-texture", "none"]
     loader_gz = shares["stain-texture", "gzip"][0]
     loader_cnn, write_cnn, embed_cnn = shares["resnet50-trunc", "none"]
-    body = f"""Machine: {machine()}, load average {load:.1f} at the end of the run; CPU only, fp32, channels-last for the CNN, random weights.
+    body = f"""Machine: {machine()}, load average {load:.1f} at the end of the run; CPU only, fp32,
+channels-last for the CNN, random weights.
 Patches: 256 px, 0.5 µm/px, Macenko-normalized, from `pathology tile` on a 40000×30000 synthetic
 slide, stored uncompressed (the default) or with `--compression gzip`; `resnet50-trunc` on the
 first {cnn_patches} of them.
@@ -224,7 +224,7 @@ and the copy competing with the encoder for the 2 cores. One loader worker proce
 
 On a GPU: `--device auto` picks CUDA; the encoder's preferred autocast precision is used (fp16 for
 the ViTs and the ResNet; bf16 where the entry asks for it and the GPU supports it), pinned host
-memory, `--batch-size 256` for ViT-L/ResNet-50 (128 for ViT-H/g) and `--workers 4`, so reading
+memory, `--batch-size 256` for ViT-L/ResNet-50 (128 for ViT-H/g) and `--loader-workers 4`, so reading
 keeps up with the GPU; `--compile` pays off on long batches."""
     write_section("bench_embed.py", body)
 

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, markdown_table, write_section  # noqa: E402
+from _results import machine, markdown_table, write_section
 
 WORK = Path(__file__).resolve().parent.parent / "bench_tmp"
 ENCODER = "bench-enc"

@@ -20,9 +20,9 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, markdown_table, write_section  # noqa: E402
+from _results import machine, markdown_table, write_section
 
-from pathology.cores import available_cores  # noqa: E402
+from pathology.cores import available_cores
 
 WORK = Path(__file__).resolve().parent.parent / "bench_tmp"
 REPEATS = 3  # best of three: the shared 2-core machine is noisy
@@ -35,7 +35,7 @@ from pathology.cores import available_cores
 opts = TileOptions.from_params(json.loads(sys.argv[3]))
 t = time.perf_counter()
 r = tile_slide(sys.argv[1], "bench", sys.argv[2], opts, threads=available_cores())
-print(json.dumps({"seconds": time.perf_counter() - t, "patches": r.patches, "status": r.status,
+print(json.dumps({"seconds": time.perf_counter() - t, "patches": r.count, "status": r.status,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

@@ -8,7 +8,7 @@ for cohort in train external; do
   pathology embed "bags_$cohort"
 done
 mil train --manifest cohort_train/manifest.csv --bags bags_train --target tumor,er --survival os_time,os_event \
-          --model gated-abmil --folds 5 --seed 0 --out run_cv --overwrite
+          --arch gated-abmil --folds 5 --seed 0 --out run_cv --overwrite
 mil predict --model run_cv --bags bags_external --manifest cohort_external/manifest.csv --out external_pred
 mil evaluate --predictions external_pred/predictions.csv --manifest cohort_external/manifest.csv \
              --target tumor,er --survival os_time,os_event --out external_eval

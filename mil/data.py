@@ -21,6 +21,8 @@ import h5py
 import numpy as np
 import torch
 
+from pathology.bag import SCHEMA, BagError
+from pathology.errors import InputError
 from pathology.h5rows import read_rows
 
 if TYPE_CHECKING:
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BAG_SUFFIXES = (".h5", ".pt")
-SCHEMA = "pathology-bag/1"
 # Root-level feature datasets of other tools: CLAM and TRIDENT write "features", STAMP "feats".
 ROOT_FEATURE_NAMES = ("features", "feats")
 PT_NAME = "pt"
@@ -37,10 +38,6 @@ PT_NAME = "pt"
 CLAM_SUBDIRS = {".h5": "h5_files", ".pt": "pt_files"}
 
 Select = Callable[[int], np.ndarray]  # N -> sorted instance indices to read
-
-
-class BagError(ValueError):
-    """A bag that cannot be used; the message is one line naming the file."""
 
 
 @dataclass
@@ -246,7 +243,7 @@ class BagDataset(torch.utils.data.Dataset):
     def __init__(self, cohort: Cohort, rows: Sequence[int] | None = None, *, features: str | None = None,
                  max_instances: int | None = None, in_memory: bool = False, seed: int = 0):
         if max_instances is not None and max_instances < 1:
-            raise ValueError(f"max_instances must be at least 1, got {max_instances}")
+            raise InputError(f"max_instances must be at least 1, got {max_instances}")
         self.cohort = cohort
         self.rows = list(range(len(cohort.table))) if rows is None else [int(r) for r in rows]
         self.features = features
@@ -256,7 +253,7 @@ class BagDataset(torch.utils.data.Dataset):
         table = cohort.table
         missing = [table.at[r, "slide_id"] for r in self.rows if not table.at[r, "bag_path"]]
         if missing:
-            raise ValueError(f"{cohort.source}: no bag located for {len(missing)} slide(s) "
+            raise BagError(f"{cohort.source}: no bag located for {len(missing)} slide(s) "
                              f"(first: {missing[0]}); load the manifest with bags_dir")
         self.paths = [Path(table.at[r, "bag_path"]) for r in self.rows]
         self._labels = {t.name: cohort.labels(t.name) for t in cohort.tasks}

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pathology.errors import InputError
+
 from . import metrics as M
 from .manifest import SURVIVAL, load_manifest
 from .runfolder import PREDICTION_COLUMNS, evaluate_predictions, write_json, write_plots
@@ -25,20 +27,20 @@ REQUIRED = ("slide_id", "task", "score")
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
-    """A predictions CSV with at least ``slide_id``, ``task``, ``score``; ValueError naming the file otherwise."""
+    """A predictions CSV with at least ``slide_id``, ``task``, ``score``; InputError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such predictions file")
+        raise InputError(f"{path}: no such predictions file")
     frame = pd.read_csv(path, dtype={"slide_id": str, "patient_id": str, "task": str})
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(frame.columns)})")
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(frame.columns)})")
     if "fold" not in frame.columns:
         frame["fold"] = np.nan
     duplicated = frame[frame.duplicated(["slide_id", "task"])]
     if len(duplicated):
         first = duplicated.iloc[0]
-        raise ValueError(f"{path}: {len(duplicated)} duplicate (slide_id, task) row(s) "
+        raise InputError(f"{path}: {len(duplicated)} duplicate (slide_id, task) row(s) "
                          f"(first: {first['slide_id']}, {first['task']})")
     return frame
 
@@ -51,12 +53,12 @@ def task_columns(predictions: pd.DataFrame, targets: Sequence[str], survival: tu
     if not targets and survival is None:
         targets = [t for t in present if t != SURVIVAL]
         if SURVIVAL in present:
-            raise ValueError(f"{source}: the predictions hold a survival task; name its manifest columns "
+            raise InputError(f"{source}: the predictions hold a survival task; name its manifest columns "
                              f"with --survival TIME_COL,EVENT_COL")
     wanted = [*targets, *([SURVIVAL] if survival else [])]
     absent = [t for t in wanted if t not in present]
     if absent:
-        raise ValueError(f"{source}: no predictions for task(s) {', '.join(absent)} (has: {', '.join(present)})")
+        raise InputError(f"{source}: no predictions for task(s) {', '.join(absent)} (has: {', '.join(present)})")
     return list(targets), survival
 
 
@@ -80,7 +82,7 @@ def evaluate_file(predictions: str | Path, manifest: str | Path, out_dir: str | 
                         predictions.name, int(unknown.sum()), task.name, p.loc[unknown, "slide_id"].iloc[0])
         p = p[~unknown]
         if p.empty:
-            raise ValueError(f"{predictions}: no slide predicted for {task.name!r} is in {Path(manifest).name}")
+            raise InputError(f"{predictions}: no slide predicted for {task.name!r} is in {Path(manifest).name}")
         rows = table.loc[p["slide_id"]]
         joined = pd.DataFrame({"slide_id": p["slide_id"].to_numpy(), "patient_id": rows["patient_id"].to_numpy(),
                                "fold": p["fold"].to_numpy(), "task": task.name, "score": p["score"].to_numpy(float)})

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .splits import SplitError
+
 log = logging.getLogger(__name__)
 
 
@@ -83,13 +85,14 @@ def cox_loss(risk: Tensor, time: Tensor, event: Tensor) -> Tensor:
 def survival_bins(times: np.ndarray, events: np.ndarray, n_bins: int = 4) -> np.ndarray:
     """Edges (n_bins + 1,) of time bins at the quantiles of the uncensored times (as in
     PORPOISE/MCAT), with -inf and +inf ends so every time falls in a bin; bin k is
-    [edges[k], edges[k + 1]). NaN rows are ignored; ValueError without an uncensored time."""
+    [edges[k], edges[k + 1]). NaN rows are ignored; SplitError without an uncensored time."""
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     times, events = np.asarray(times, dtype=float).ravel(), np.asarray(events, dtype=float).ravel()
     observed = times[~np.isnan(times) & (events == 1)]
     if observed.size == 0:
-        raise ValueError("survival_bins needs at least one uncensored time (event == 1)")
+        raise SplitError("survival_bins needs at least one uncensored time (event == 1) among the training "
+                         "patients of a fold: too few events for this many folds")
     edges = np.quantile(observed, np.linspace(0.0, 1.0, n_bins + 1))
     edges[0], edges[-1] = -np.inf, np.inf
     if np.any(np.diff(edges) <= 0):

@@ -8,18 +8,21 @@ layout (slide table + clinical table) is read by :mod:`mil.stamp` into the same 
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pathology.errors import InputError, UserError
+from pathology.table import Loc, Table, TableError, read_table, where
+
+from . import stamp
 from .data import BAG_SUFFIXES, BagError, find_bag, probe_bag
+from .records import Record
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,6 @@ SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "
 SURVIVAL = "survival"
 # Columns of Cohort.table that a label column may not be named after.
 RESERVED = {"slide_id", "patient_id", "bag_path", "fold", "split", "survival_time", "survival_event"}
-DELIMITERS = ",;\t"
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Cohort:
         return self.table["patient_id"].to_numpy(str)
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """Everything wrong with a manifest; ``problems`` lists each with its row and column."""
 
     def __init__(self, source: str | Path, problems: list[str]):
@@ -76,92 +78,7 @@ class ManifestError(ValueError):
                          + "\n".join(f"  - {p}" for p in problems))
 
 
-# ---------------------------------------------------------------- reading tables
-
-Loc = tuple[str, int]  # (file name, CSV line)
-
-
-def where(loc: Loc, column: str | None = None) -> str:
-    """``"file.csv row 3, column 'er'"``."""
-    return f"{loc[0]} row {loc[1]}" + (f", column {column!r}" if column else "")
-
-
-@dataclass
-class Table:
-    """A CSV read as strings (cells stripped), with the line number of each row."""
-
-    path: Path
-    columns: list[str]
-    rows: list[dict[str, str]]
-    lines: list[int]
-
-    def loc(self, i: int) -> Loc:
-        return self.path.name, self.lines[i]
-
-    def require(self, columns: Sequence[str], problems: list[str], elsewhere: Sequence[str] = ()) -> None:
-        """Report each of ``columns`` that neither this table nor ``elsewhere`` has."""
-        for c in columns:
-            if c not in self.columns and c not in elsewhere:
-                near = [h for h in self.columns if h.lower() == c.lower()]
-                hint = f" (did you mean {near[0]!r}?)" if near else f" (has: {', '.join(self.columns)})"
-                problems.append(f"{self.path.name} row 1 (header): missing required column {c!r}{hint}")
-
-
-def read_table(path: str | Path, problems: list[str]) -> Table:
-    """Read a CSV (comma, semicolon or tab separated, detected from the header) as strings.
-
-    Blank lines are skipped; rows with more cells than the header, duplicate and
-    unnamed header columns are reported in ``problems``. Excel files are refused with
-    a message to export them as CSV (reading .xlsx would need openpyxl, not a dependency).
-    """
-    path = Path(path)
-    if path.suffix.lower() in (".xlsx", ".xls", ".ods"):
-        raise ManifestError(path, [f"{path.name}: spreadsheets are not read; save the sheet as CSV "
-                                   f"(File > Save as > CSV UTF-8) and pass the .csv"])
-    if not path.is_file():
-        raise ManifestError(path, [f"{path}: no such file"])
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise ManifestError(path, [f"{path.name}: not UTF-8 text; save it as CSV UTF-8"]) from None
-    name = path.name
-    delimiter = max(DELIMITERS, key=text.split("\n", 1)[0].count)
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
-    header = [h.strip() for h in next(reader, [])]
-    if not header:
-        problems.append(f"{name}: empty file (no header row)")
-    problems += [f"{name} row 1 (header): duplicate column {h!r}"
-                 for h, k in Counter(h for h in header if h).items() if k > 1]
-    columns = [h for h in dict.fromkeys(header) if h]  # unnamed columns (a saved index) are ignored
-    rows, lines, previous = [], [], reader.line_num
-    for cells in reader:
-        line, previous = previous + 1, reader.line_num
-        if not any(c.strip() for c in cells):
-            continue
-        if len(cells) > len(header):
-            problems.append(f"{name} row {line}: {len(cells)} cells but the header has {len(header)} columns")
-        row: dict[str, str] = {}
-        for h, c in zip(header, cells):
-            row.setdefault(h, c.strip())
-        rows.append({c: row.get(c, "") for c in columns})
-        lines.append(line)
-    return Table(path, columns, rows, lines)
-
-
 # ---------------------------------------------------------------- records -> cohort
-
-@dataclass
-class Record:
-    """One slide with its raw cells and where each came from (key None: the slide's own row)."""
-
-    slide_id: str
-    patient_id: str
-    values: dict[str, str]
-    locs: dict[str | None, Loc] = field(default_factory=dict)
-
-    def loc(self, column: str | None = None) -> Loc:
-        return self.locs.get(column, self.locs[None])
-
 
 def parse_label(value: str) -> float | None:
     """1.0 / 0.0 / NaN (unknown) for a binary label cell, None when unparseable."""
@@ -225,7 +142,7 @@ def _survival(records: list[Record], time_col: str, event_col: str,
                                 f"a non-negative number")
                 t = math.nan
         if e_raw.lower() not in UNKNOWN:
-            e = EVENTS.get(e_raw.lower(), None)
+            e = EVENTS.get(e_raw.lower())
             if e is None:
                 problems.append(f"{where(rec.loc(event_col), event_col)}: event {e_raw!r} is not 1 (event) "
                                 f"or 0 (censored)")
@@ -326,14 +243,14 @@ def make_tasks(targets: Sequence[str], survival: tuple[str, str] | None) -> list
     targets = list(targets)
     bad = [t for t in targets if t in RESERVED or (survival is not None and t == SURVIVAL)]
     if bad:
-        raise ValueError(f"label column(s) {', '.join(map(repr, bad))} clash with the cohort's own columns "
+        raise InputError(f"label column(s) {', '.join(map(repr, bad))} clash with the cohort's own columns "
                          f"({', '.join(sorted(RESERVED | {SURVIVAL}))}); rename them in the manifest")
     if len(set(targets)) != len(targets):
-        raise ValueError(f"a target is named twice: {', '.join(targets)}")
+        raise InputError(f"a target is named twice: {', '.join(targets)}")
     tasks = [Task(t, "binary", (t,)) for t in targets]
     if survival is not None:
         if len(survival) != 2 or survival[0] == survival[1]:
-            raise ValueError(f"survival needs two different columns (time, event), got {survival!r}")
+            raise InputError(f"survival needs two different columns (time, event), got {survival!r}")
         tasks.append(Task(SURVIVAL, SURVIVAL, (survival[0], survival[1])))
     return tasks
 
@@ -369,21 +286,22 @@ def load_manifest(path: str | Path, *, targets: Sequence[str] = (), survival: tu
     """Read and validate a cohort manifest; raise :class:`ManifestError` listing every problem.
 
     ``Cohort.table`` columns: ``slide_id``, ``patient_id``, ``bag_path`` (absolute; "" without
-    ``bags_dir``), ``fold`` (Int64), ``split`` (string: train/val/test; valid/validation read as val), a float 1/0/NaN column
-    per binary target, and ``survival_time``/``survival_event`` for ``survival=(time, event)``.
+    ``bags_dir``), ``fold`` (Int64), ``split`` (string: train/val/test; valid/validation read as val),
+    a float 1/0/NaN column per binary target, and ``survival_time``/``survival_event`` for ``survival=(time, event)``.
     With ``bags_dir`` every slide's bag must exist (and hold ``features``, or exactly one
     feature set). With ``clinical``, ``path`` is STAMP's slide table (see :mod:`mil.stamp`).
     """
-    from . import stamp
-
     path = Path(path)
     tasks = make_tasks(targets, survival)
     needed = [c for t in tasks for c in t.columns]
     problems: list[str] = []
-    if clinical is None:
-        records = manifest_records(read_table(path, problems), needed, problems)
-    else:
-        records = stamp.stamp_records(path, Path(clinical), needed, problems)
+    try:
+        if clinical is None:
+            records = manifest_records(read_table(path, problems), needed, problems)
+        else:
+            records = stamp.stamp_records(path, Path(clinical), needed, problems)
+    except TableError as exc:
+        raise ManifestError(path, [str(exc)]) from None
     cohort = build_cohort(records, tasks, path, problems, bags_dir=bags_dir, features=features)
     if problems:
         raise ManifestError(path, list(dict.fromkeys(problems)))

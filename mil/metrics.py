@@ -18,6 +18,7 @@ patients (with all their slides) when patient ids are given, else slides.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ N_BOOTSTRAP = 1000
 Metric = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", float], float]
 
 
-class UndefinedMetric(ValueError):
+class UndefinedMetricError(ValueError):
     """The metric has no value on these data (e.g. one class only)."""
 
 
@@ -44,7 +45,7 @@ def auc(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None, t
     label = np.asarray(label, dtype=bool)
     n_pos, n_neg = int(label.sum()), int((~label).sum())
     if n_pos == 0 or n_neg == 0:
-        raise UndefinedMetric(f"AUC needs both classes ({n_pos} positive, {n_neg} negative)")
+        raise UndefinedMetricError(f"AUC needs both classes ({n_pos} positive, {n_neg} negative)")
     ranks = _midranks(np.asarray(score, dtype=np.float64))
     return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -54,7 +55,7 @@ def balanced_accuracy(label: np.ndarray, score: np.ndarray, event: np.ndarray | 
     """Mean of sensitivity and specificity at ``threshold``."""
     label = np.asarray(label, dtype=bool)
     if label.all() or not label.any():
-        raise UndefinedMetric("balanced accuracy needs both classes")
+        raise UndefinedMetricError("balanced accuracy needs both classes")
     pred = np.asarray(score) >= threshold
     return float((pred[label].mean() + (~pred[~label]).mean()) / 2)
 
@@ -63,7 +64,7 @@ def f1(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None, th
     """F1 of the positive class at ``threshold`` (0 when nothing is predicted positive)."""
     label = np.asarray(label, dtype=bool)
     if not label.any():
-        raise UndefinedMetric("F1 needs at least one positive label")
+        raise UndefinedMetricError("F1 needs at least one positive label")
     pred = np.asarray(score) >= threshold
     tp = int((pred & label).sum())
     return float(2 * tp / (pred.sum() + label.sum()))
@@ -74,7 +75,7 @@ def accuracy(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = No
     """Share of correct calls at ``threshold``."""
     label = np.asarray(label, dtype=bool)
     if label.size == 0:
-        raise UndefinedMetric("accuracy of no labels")
+        raise UndefinedMetricError("accuracy of no labels")
     return float(((np.asarray(score) >= threshold) == label).mean())
 
 
@@ -86,12 +87,12 @@ def c_index(time: np.ndarray, risk: np.ndarray, event: np.ndarray | None, thresh
     time, risk = np.asarray(time, dtype=np.float64), np.asarray(risk, dtype=np.float64)
     event = np.ones_like(time) if event is None else np.asarray(event, dtype=np.float64)
     if time.size < 2 or not event.any():
-        raise UndefinedMetric(f"c-index needs events and at least 2 cases ({time.size} cases, "
+        raise UndefinedMetricError(f"c-index needs events and at least 2 cases ({time.size} cases, "
                               f"{int(event.sum())} events)")
     try:
         return float(_lifelines_cindex(time, -risk, event))
     except ZeroDivisionError:
-        raise UndefinedMetric("c-index: no comparable pairs") from None
+        raise UndefinedMetricError("c-index: no comparable pairs") from None
 
 
 METRICS: dict[str, dict[str, Metric]] = {
@@ -120,7 +121,7 @@ def compute(kind: str, label: np.ndarray, score: np.ndarray, event: np.ndarray |
     for name, fn in METRICS[kind].items():
         try:
             out[name] = fn(label, score, event, threshold)
-        except UndefinedMetric as exc:
+        except UndefinedMetricError as exc:
             log.warning("%s%s is undefined: %s", f"{where}: " if where else "", name, exc)
             out[name] = math.nan
     return out
@@ -138,7 +139,7 @@ def bootstrap_ci(kind: str, label: np.ndarray, score: np.ndarray, event: np.ndar
     label, score, event, groups = known(label, score, event, groups)
     names = list(METRICS[kind])
     if label.size == 0:
-        return {m: (math.nan, math.nan) for m in names}
+        return dict.fromkeys(names, (math.nan, math.nan))
     members = None
     if groups is not None:
         _, inverse = np.unique(groups, return_inverse=True)
@@ -153,10 +154,8 @@ def bootstrap_ci(kind: str, label: np.ndarray, score: np.ndarray, event: np.ndar
             idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
         ev = None if event is None else event[idx]
         for j, name in enumerate(names):
-            try:
+            with contextlib.suppress(UndefinedMetricError):
                 values[b, j] = METRICS[kind][name](label[idx], score[idx], ev, threshold)
-            except UndefinedMetric:
-                pass
     alpha = (1 - level) / 2 * 100
     out = {}
     for j, name in enumerate(names):

@@ -12,12 +12,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from lifelines import KaplanMeierFitter  # noqa: E402
-from lifelines.plotting import add_at_risk_counts  # noqa: E402
-from lifelines.statistics import logrank_test  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from lifelines import KaplanMeierFitter
+from lifelines.plotting import add_at_risk_counts
+from lifelines.statistics import logrank_test
+from sklearn.metrics import roc_curve
+
+from pathology.publish import publish_with
 
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 9.5,
          "axes.spines.top": False, "axes.spines.right": False}
@@ -122,6 +124,7 @@ def _known(label: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        publish_with(path, lambda fh: fig.savefig(fh, dpi=DPI, format="png"))
+    finally:
+        plt.close(fig)

@@ -17,7 +17,6 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +29,14 @@ from rich.console import Console
 from safetensors.torch import load_model
 
 from pathology import __version__
-from pathology.batch import Outcome, run_batch
+from pathology.batch import Outcome, run_batch, status_path
+from pathology.errors import UserError
 from pathology.inputs import SlideInput
+from pathology.publish import publishing
+from pathology.table import read_table
 
 from .data import BAG_SUFFIXES, CLAM_SUBDIRS, BagError, find_bag, read_features
-from .manifest import Cohort, load_manifest, read_table
+from .manifest import Cohort, load_manifest
 from .models import Head, MILModel, create_model
 from .runfolder import PREDICTION_COLUMNS, write_csv
 from .train import autocast, resolve_device, risk_score
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """A run folder that cannot be used for prediction; the message names the file."""
 
 
@@ -112,7 +114,7 @@ def predict_bag(run: Run, x: torch.Tensor | np.ndarray) -> tuple[dict[str, float
     if x.dim() != 2 or x.shape[1] != run.in_dim:
         raise ValueError(f"features of shape {tuple(x.shape)}; the model expects (N, {run.in_dim})")
     x = x.to(run.device)
-    scores = {name: 0.0 for name in run.kinds}
+    scores = dict.fromkeys(run.kinds, 0.0)
     attention = {name: torch.zeros(len(x), dtype=torch.float64) for name in run.kinds}
     for model in run.models:
         with autocast(run.device):
@@ -171,9 +173,7 @@ def predict_file(run: Run, slide_id: str, path: Path, out_dir: Path, features: s
 def write_attention(path: Path, slide_id: str, coords: np.ndarray | None, attention: dict[str, np.ndarray],
                     run: Run, features: str) -> None:
     """``coords`` (N, 2, when known) and ``attention/<task>`` (N,) float32, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with h5py.File(tmp, "w") as f:
+    with publishing(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(slide_id=slide_id, run=str(run.path.resolve()), model=run.config["model"]["name"],
                        features=features, trained_features=run.features or "", n_folds=len(run.models),
                        software_version=__version__)
@@ -182,7 +182,6 @@ def write_attention(path: Path, slide_id: str, coords: np.ndarray | None, attent
         for task, values in attention.items():
             ds = f.create_dataset(f"attention/{task}", data=values.astype(np.float32))
             ds.attrs["kind"] = run.kinds[task]
-    os.replace(tmp, path)
 
 
 def prediction_records(run: Run, slide_id: str, patient_id: str, scores: dict[str, float],
@@ -258,7 +257,7 @@ def predict_cohort(run: Run, bags_dir: str | Path, out_dir: str | Path, *, manif
     rows: list[dict] = []
     job = functools.partial(_job, run=run, out_dir=out_dir, features=features, patients=patients, labels=labels,
                             rows=rows)
-    outcomes = run_batch(slides, job, unit="instances", console=console)
+    outcomes = run_batch(slides, job, unit="instances", console=console, status=status_path(out_dir))
     order = {s.slide_id: i for i, s in enumerate(slides)}
     rows.sort(key=lambda r: order[r["slide_id"]])
     write_csv(pd.DataFrame(rows, columns=PREDICTION_COLUMNS), out_dir / "predictions.csv")

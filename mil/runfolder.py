@@ -1,4 +1,4 @@
-"""The run folder of ``mil train`` (DESIGN.md "Runs"): metrics of (out-of-fold) predictions,
+"""The run folder of ``mil train`` (docs/architecture.md, "Run folders"): metrics of (out-of-fold) predictions,
 the ROC / Kaplan-Meier pictures, ``config.json`` with the bags' provenance, fold weights,
 and the atomic writers every file goes through. Shared by ``mil evaluate`` and ``mil predict``.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +19,8 @@ import torch
 from safetensors.torch import save_model
 
 from pathology import __version__
-from pathology.encoders.weights import file_sha256
+from pathology.hashing import file_sha256
+from pathology.publish import publish_json, publish_with, publishing
 
 from . import metrics as M
 from .data import BagDataset, available_features
@@ -149,23 +149,17 @@ def _attr(value):
 
 def save_weights(model: MILModel, path: Path, config: TrainConfig, fold: int) -> None:
     """Fold weights as safetensors (never pickle), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_model(model, str(tmp),
-               metadata={"model": config.model, "fold": str(fold), "software_version": __version__})
-    os.replace(tmp, path)
+    with publishing(path) as tmp:
+        save_model(model, str(tmp),
+                   metadata={"model": config.model, "fold": str(fold), "software_version": __version__})
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    publish_json(path, obj)
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    frame.to_csv(tmp, index=False, float_format="%.8g")
-    os.replace(tmp, path)
+    publish_with(path, lambda fh: frame.to_csv(fh, index=False, float_format="%.8g"), mode="w")
 
 
 def _num(value) -> float:

@@ -23,12 +23,14 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
+from pathology.errors import UserError
+
 log = logging.getLogger(__name__)
 
 VAL_NAMES = ("val", "valid", "validation")
 
 
-class SplitError(ValueError):
+class SplitError(UserError):
     """The cohort cannot be split as asked (too few patients, one class only, a bad fold column)."""
 
 

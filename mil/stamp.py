@@ -12,13 +12,14 @@ labels (with a warning), as STAMP drops them from training.
 from __future__ import annotations
 
 import logging
-from pathlib import Path, PurePath
 from collections.abc import Sequence
+from pathlib import Path, PurePath
 
 from pathology.slide import SLIDE_EXTENSIONS
+from pathology.table import read_table, where
 
 from .data import BAG_SUFFIXES
-from .manifest import Record, read_table, where
+from .records import Record
 
 log = logging.getLogger(__name__)
 

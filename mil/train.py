@@ -9,7 +9,7 @@ fold; survival uses the discrete-time NLL over 4 time bins at the training fold'
 quantiles (default) or the Cox partial likelihood. With the same seed, a CPU run gives the
 same metrics (seeded torch, deterministic algorithms, seeded bag order and subsampling).
 
-Run folder (DESIGN.md "Runs", written by :mod:`.runfolder`): ``config.json``, ``metrics.json``,
+Run folder (docs/architecture.md, "Run folders"; written by :mod:`.runfolder`): ``config.json``, ``metrics.json``,
 ``predictions.csv``, ``fold_<k>/model.safetensors``, ``roc_<task>.png``, ``km_<task>.png``.
 """
 
@@ -26,12 +26,22 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pathology.errors import InputError
+
 from . import metrics as M
 from .data import BagDataset
 from .losses import binary_loss, cox_loss, nll_survival_loss, risk_from_hazards, survival_bins, time_to_bin
 from .models import Head, MILModel, create_model
-from .runfolder import (PREDICTION_COLUMNS, evaluate_predictions, run_config, save_weights,
-                        time_unit_note, write_csv, write_json, write_plots)
+from .runfolder import (
+    PREDICTION_COLUMNS,
+    evaluate_predictions,
+    run_config,
+    save_weights,
+    time_unit_note,
+    write_csv,
+    write_json,
+    write_plots,
+)
 from .splits import Fold, make_folds
 
 log = logging.getLogger(__name__)
@@ -70,12 +80,12 @@ class TrainConfig:
         self.targets = tuple(self.targets)
         self.survival = tuple(self.survival) if self.survival else None
         if self.survival_loss not in SURVIVAL_LOSSES:
-            raise ValueError(f"survival_loss must be one of {', '.join(SURVIVAL_LOSSES)}, got {self.survival_loss!r}")
+            raise InputError(f"survival_loss must be one of {', '.join(SURVIVAL_LOSSES)}, got {self.survival_loss!r}")
         for name in ("epochs", "batch_size", "hidden", "survival_bins"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise InputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
 class TrainProgress:
@@ -173,7 +183,8 @@ class Objective:
             total = total + term
         return total
 
-    def group_loss(self, risks: dict[str, list[torch.Tensor]], labels: list[dict[str, torch.Tensor]]) -> torch.Tensor | None:
+    def group_loss(self, risks: dict[str, list[torch.Tensor]],
+                   labels: list[dict[str, torch.Tensor]]) -> torch.Tensor | None:
         """The Cox term over a group of bags (None without a Cox head)."""
         if not self.grouped:
             return None
@@ -354,7 +365,7 @@ def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
     progress = progress or TrainProgress()
     out_dir = Path(out_dir)
     if not cohort.tasks:
-        raise ValueError("nothing to train: give at least one --target or --survival")
+        raise InputError("nothing to train: give at least one --target or --survival")
     folds = make_folds(cohort, config.folds, seed=config.seed, val_fraction=config.val_fraction)
     dataset = BagDataset(cohort, None, features=config.features, max_instances=config.max_instances,
                          in_memory=config.in_memory, seed=config.seed)

@@ -1,6 +1,6 @@
 """HDF5 bags, schema ``pathology-bag/1``: one file per slide, written atomically.
 
-Layout (DESIGN.md): root attrs ``schema, slide_id, slide_path, slide_fingerprint,
+Layout (docs/architecture.md, "Bags"): root attrs ``schema, slide_id, slide_path, slide_fingerprint,
 mpp_level0, mpp_source, target_mpp, patch_size, read_level, tiling (JSON), stain
 (JSON), software_version, created``; ``/coords`` int64 (N, 2) level-0 top-left corners
 with attr ``patch_size_level0``; ``/tissue_fraction`` float32 (N,); optional
@@ -13,8 +13,8 @@ tissue-detection resolution, with attr ``downsample`` (level-0 px per pixel, x a
 let heatmaps and QC be drawn without the slide. They are the slide's tissue image
 only: label and macro images are never read.
 
-A bag is written to ``<name>.h5.<pid>.partial`` and renamed when complete, so a bag
-that exists is whole.
+A bag is written to a temporary name beside it (:mod:`pathology.publish`) and renamed when
+complete, so a bag that exists is whole.
 
 Patches are stored uncompressed by default. Lossless deflate shrinks stain-normalized H&E
 patches by only 1.2-1.35x (1.24x on CMU-1, 1.34x on the synthetic benchmark slide) and
@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,15 @@ import imagecodecs
 import numpy as np
 
 from . import __version__
+from .errors import UserError
+from .publish import commit, partial_path
 
 SCHEMA = "pathology-bag/1"
+
+
+class BagError(UserError):
+    """A bag (or feature file) that cannot be used; the message names the file and what is wrong."""
+
 COMPRESSIONS = ("none", "gzip")
 GZIP_LEVEL = 1  # libdeflate level 1: standard gzip chunks at ~3x zlib's speed
 
@@ -69,9 +75,9 @@ class BagWriter:
     def __init__(self, path: str | Path, n_patches: int, patch_size: int, store_patches: bool = True,
                  compression: str = "none"):
         if compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+            raise UserError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
         self.path = Path(path)
-        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
+        self.tmp = partial_path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.compression = compression
         self._file = h5py.File(self.tmp, "w")
@@ -116,17 +122,19 @@ class BagWriter:
         root = self._file.attrs
         root["schema"] = SCHEMA
         root["software_version"] = __version__
-        root["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        root["created"] = datetime.now(UTC).isoformat(timespec="seconds")
         for key, value in attrs.items():
             root[key] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
         self._close()
-        os.replace(self.tmp, self.path)
-        return self.path
+        return commit(self.tmp, self.path)
 
     def abort(self) -> None:
-        """Drop the temporary file; an existing bag at ``path`` is left untouched."""
-        self._close()
-        self.tmp.unlink(missing_ok=True)
+        """Drop the temporary file; an existing bag at ``path`` is left untouched (even when
+        HDF5 cannot close the file, e.g. on a full disk)."""
+        try:
+            self._close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
     def _close(self) -> None:
         if self._file.id.valid:
@@ -151,7 +159,7 @@ def completed_with(path: str | Path, slide_fingerprint: str, params: dict[str, A
         return "no bag yet"
     try:
         attrs = read_attrs(path)
-    except Exception as exc:  # unreadable file: rebuild it
+    except (OSError, ValueError, KeyError) as exc:  # unreadable file: rebuild it
         return f"existing bag unreadable ({type(exc).__name__})"
     if attrs.get("schema") != SCHEMA:
         return f"existing bag has schema {attrs.get('schema')!r}"

@@ -1,6 +1,9 @@
-"""Run one job per slide with progress, per-slide outcome lines, a summary and an exit code.
+"""Run one job per slide with progress, per-slide outcome lines, ``status.csv``, a summary and
+an exit code (docs/architecture.md, "Batches").
 
-Shared by every batch command: a bad slide is reported and skipped, the rest go on.
+Shared by every batch command: a slide that fails is reported and the rest go on. A failure
+the user can fix (:func:`pathology.errors.is_user_fixable`) is one line; anything else is a bug,
+reported as one with its type and message, its traceback kept for ``-v``.
 """
 
 from __future__ import annotations
@@ -8,18 +11,23 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .errors import describe, is_user_fixable
 from .inputs import SlideInput
-from .slide import SlideError
+from .publish import publish_csv
 
 log = logging.getLogger(__name__)
+
+STATUS_COLUMNS = ("slide_id", "status", "seconds", "count", "message")
 
 
 @dataclass
@@ -29,14 +37,12 @@ class Outcome:
     count: int = 0         # patches (or whatever unit the job counts)
     seconds: float = 0.0
     message: str = ""
+    bug: bool = False      # failed because of a bug in this software, not because of its input
+    traceback: str = ""    # of a bug, for -v (worker processes cannot log it themselves)
 
 
 # A job gets the slide and a callback to report units of work done.
 Job = Callable[[SlideInput, Callable[[int], None]], Outcome]
-
-# Errors that mean "this slide is bad" (reported in one line); anything else is a bug
-# in our code, reported with its type and logged with a traceback.
-EXPECTED_ERRORS = (SlideError, ValueError, OSError)
 
 
 def run_one(job: Job, slide: SlideInput, advance: Callable[[int], None] = lambda n: None) -> Outcome:
@@ -44,20 +50,48 @@ def run_one(job: Job, slide: SlideInput, advance: Callable[[int], None] = lambda
     t0 = time.perf_counter()
     try:
         return job(slide, advance)
-    except EXPECTED_ERRORS as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-    except Exception as exc:  # keep the batch going; the traceback is in the debug log
-        log.debug("%s failed", slide.slide_id, exc_info=True)
-        message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-    return Outcome(slide.slide_id, "failed", 0, time.perf_counter() - t0, message)
+    except Exception as exc:  # noqa: BLE001 - keep the batch going: the outcome says what happened
+        bug = not is_user_fixable(exc)
+        return Outcome(slide.slide_id, "failed", 0, time.perf_counter() - t0, describe(exc), bug=bug,
+                       traceback=traceback.format_exc() if bug else "")
+
+
+class StatusFile:
+    """``status.csv``: every slide of the batch (``pending`` until it ends), rewritten atomically
+    after each slide so that a cluster log can be read while the batch runs."""
+
+    def __init__(self, path: Path | None, slides: list[SlideInput]):
+        self.path = path
+        self.rows = {s.slide_id: {"slide_id": s.slide_id, "status": "pending"} for s in slides}
+
+    def update(self, outcome: Outcome) -> None:
+        self.rows[outcome.slide_id] = {"slide_id": outcome.slide_id, "status": outcome.status,
+                                       "seconds": f"{outcome.seconds:.2f}", "count": outcome.count,
+                                       "message": outcome.message}
+        self.write()
+
+    def write(self) -> None:
+        if self.path is not None:
+            publish_csv(self.path, STATUS_COLUMNS, self.rows.values())
+
+
+def status_path(folder: Path, shard: tuple[int, int] | None = None, stem: str = "status") -> Path:
+    """``folder/status.csv``; ``status.shard-<i>-of-<n>.csv`` for one job of an array (jobs of
+    an array share the output folder, each writes its own file)."""
+    suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
+    return folder / f"{stem}{suffix}.csv"
 
 
 def run_batch(slides: list[SlideInput], job: Job, *, workers: int = 1, unit: str = "patches",
-              console: Console | None = None, total: int | None = None) -> list[Outcome]:
-    """Run ``job`` over ``slides`` (``workers`` processes when > 1) with a progress bar
-    (over ``total`` units of work across the batch, when known up front)."""
+              console: Console | None = None, total: int | None = None,
+              status: Path | None = None) -> list[Outcome]:
+    """Run ``job`` over ``slides`` (``workers`` processes when > 1) with a progress bar (over
+    ``total`` units of work across the batch, when known up front), keeping ``status`` (a
+    ``status.csv`` path) up to date."""
     console = console or Console(stderr=True)
     outcomes: list[Outcome] = []
+    status_file = StatusFile(status, slides)
+    status_file.write()
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -67,6 +101,7 @@ def run_batch(slides: list[SlideInput], job: Job, *, workers: int = 1, unit: str
         def finished(outcome: Outcome) -> None:
             outcomes.append(outcome)
             _log_outcome(outcome, unit)
+            status_file.update(outcome)
             progress.advance(slides_task)
 
         if workers <= 1:
@@ -81,6 +116,10 @@ def run_batch(slides: list[SlideInput], job: Job, *, workers: int = 1, unit: str
                     outcome = future.result()
                     progress.advance(units_task, outcome.count)
                     finished(outcome)
+    bugs = sum(o.bug for o in outcomes)
+    if bugs:
+        log.error("%d slide(s) failed because of a bug in this software, not because of their input: please "
+                  "report it with the traceback that -v prints", bugs)
     order = {s.slide_id: i for i, s in enumerate(slides)}
     return sorted(outcomes, key=lambda o: order[o.slide_id])
 
@@ -88,6 +127,8 @@ def run_batch(slides: list[SlideInput], job: Job, *, workers: int = 1, unit: str
 def _log_outcome(outcome: Outcome, unit: str) -> None:
     if outcome.status == "failed":
         log.error("%s: failed: %s", outcome.slide_id, outcome.message)
+        if outcome.traceback:
+            log.debug("%s: %s", outcome.slide_id, outcome.traceback.rstrip())
     elif outcome.status == "skipped":
         log.info("%s: skipped (%s)", outcome.slide_id, outcome.message)
     else:
@@ -107,4 +148,7 @@ def summary_table(outcomes: list[Outcome], unit: str = "patches") -> Table:
                       f"{o.seconds:.1f}" if o.status != "skipped" else "", o.message)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     table.caption = ", ".join(f"{n} {s}" for s, n in counts.items())
+    bugs = sum(o.bug for o in outcomes)
+    if bugs:
+        table.caption += f" ({bugs} by a bug: please report it, with the traceback from -v)"
     return table

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import glob
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError
 from .slide import SLIDE_EXTENSIONS
+from .table import read_table, where
 
 # Folder scans pick up whole-slide formats only: plain images in a slide folder are
 # usually sidecars (masks, thumbnails). Name plain images explicitly or by glob.
 WSI_EXTENSIONS = SLIDE_EXTENSIONS - {".png", ".jpg", ".jpeg"}
-
-
-class InputError(ValueError):
-    """Bad INPUTS; the message lists every problem found, one per line."""
 
 
 @dataclass(frozen=True)
@@ -43,34 +40,29 @@ def _scan_folder(folder: Path) -> list[Path]:
 
 
 def read_manifest_slides(manifest: Path) -> list[SlideInput]:
-    """Slides of a cohort manifest (``slide_id``, ``slide_path`` relative to the manifest).
-
-    Every problem is collected and reported at once with its row number.
-    """
+    """Slides of a cohort manifest (``slide_id``, ``slide_path`` relative to the manifest; any
+    delimiter :func:`pathology.table.read_table` reads). Every problem is reported at once with its row."""
     problems: list[str] = []
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in ("slide_id", "slide_path") if c not in columns]
-        if missing:
-            raise InputError(f"{manifest}: missing column(s) {', '.join(missing)} (has: {', '.join(columns)})")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    table = read_table(manifest, problems)
+    table.require(("slide_id", "slide_path"), problems)
+    if problems:
+        raise InputError("\n".join(problems))
     out, seen = [], {}
-    for n, row in enumerate(rows, start=2):  # row 1 is the header
-        sid, rel = row["slide_id"], row["slide_path"]
+    for i, row in enumerate(table.rows):
+        sid, rel, at = row["slide_id"], row["slide_path"], where(table.loc(i))
         if not sid:
-            problems.append(f"{manifest}:{n}: empty slide_id")
+            problems.append(f"{at}: empty slide_id")
             continue
         if sid in seen:
-            problems.append(f"{manifest}:{n}: duplicate slide_id {sid!r} (first on row {seen[sid]})")
+            problems.append(f"{at}: duplicate slide_id {sid!r} (first on {seen[sid]})")
             continue
-        seen[sid] = n
+        seen[sid] = at
         if not rel:
-            problems.append(f"{manifest}:{n}: empty slide_path for {sid!r}")
+            problems.append(f"{at}: empty slide_path for {sid!r}")
             continue
         path = Path(rel) if Path(rel).is_absolute() else manifest.parent / rel
         if not path.exists():
-            problems.append(f"{manifest}:{n}: slide_path {rel!r} not found ({path})")
+            problems.append(f"{at}: slide_path {rel!r} not found ({path})")
             continue
         out.append(SlideInput(sid, path))
     if problems:
@@ -85,7 +77,7 @@ def expand_inputs(inputs: list[str]) -> list[SlideInput]:
     problems: list[str] = []
     for item in inputs:
         path = Path(item)
-        if path.suffix.lower() == ".csv" and path.is_file():
+        if path.suffix.lower() in (".csv", ".tsv") and path.is_file():
             try:
                 slides += read_manifest_slides(path)
             except InputError as exc:
@@ -114,6 +106,32 @@ def expand_inputs(inputs: list[str]) -> list[SlideInput]:
     if problems:
         raise InputError("\n".join(problems))
     return sorted({s.slide_id: s for s in slides}.values(), key=lambda s: s.slide_id)
+
+
+def expand_bags(inputs: list[str]) -> list[SlideInput]:
+    """Bag files, folders (their ``*.h5``) or globs, named by file stem; every problem reported at once."""
+    found: list[Path] = []
+    problems: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            hits = sorted(path.glob("*.h5"))
+        elif path.is_file():
+            hits = [path]
+        else:
+            hits = sorted(Path(p) for p in glob.glob(item) if p.endswith(".h5"))
+        if not hits:
+            problems.append(f"{item}: no bag (.h5) found")
+        found.extend(hits)
+    bags = list(dict.fromkeys(p.resolve() for p in found))
+    stems: dict[str, Path] = {}
+    for bag in bags:
+        if bag.stem in stems:
+            problems.append(f"{bag}: same slide id as {stems[bag.stem]}")
+        stems[bag.stem] = bag
+    if problems:
+        raise InputError("\n".join(problems))
+    return [SlideInput(b.stem, b) for b in bags]
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:

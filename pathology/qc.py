@@ -8,13 +8,14 @@ import logging
 import math
 import os
 import re
-import threading
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from scipy import ndimage
+
+from .publish import publish_with
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,7 @@ def write_qc_image(path: str | Path, thumbnail_rgb: np.ndarray, tissue_mask: np.
     height and width.
     """
     picture = render_qc_image(thumbnail_rgb, tissue_mask, boxes, pen_mask, title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # not mkstemp: its 0600 mode would hide the picture from colleagues; the umask decides
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            picture.save(f, format="PNG", compress_level=3)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    path = publish_with(path, lambda fh: picture.save(fh, format="PNG", compress_level=3))
     log.debug("QC picture %s (%dx%d)", path, *picture.size)
     return path
 
@@ -103,11 +94,11 @@ def _draw_grid(picture: Image.Image, boxes: np.ndarray) -> None:
     side = float(np.median(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])))
     corners = np.round(boxes).astype(int).tolist()
     if side >= 5:
-        outline = GRID_COLOUR + (int(np.clip(side * 8, 70, 160)),)
+        outline = (*GRID_COLOUR, int(np.clip(side * 8, 70, 160)))
         for x0, y0, x1, y1 in corners:
             draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=outline, width=1)
     else:
-        fill = GRID_COLOUR + (60,)
+        fill = (*GRID_COLOUR, 60)
         for x0, y0, x1, y1 in corners:
             draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), fill=fill)
     picture.paste(Image.alpha_composite(picture.convert("RGBA"), layer).convert("RGB"))

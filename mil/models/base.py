@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pathology.errors import InputError
+
 from ..losses import risk_from_hazards
 
 
@@ -26,8 +28,8 @@ class MILOutput:
     """A model's answer for one bag."""
 
     logits: dict[str, Tensor]     # task -> (n_outputs,)
-    attention: dict[str, Tensor]  # task -> (N,): softmax weights (sum 1) or, for non-attention models, an importance score
-    instance_loss: Tensor         # scalar auxiliary loss (CLAM clustering, DSMIL max-instance) in training with labels, else 0
+    attention: dict[str, Tensor]  # task -> (N,): softmax weights (sum 1), or an importance score (non-attention models)
+    instance_loss: Tensor         # scalar auxiliary loss (CLAM clustering, DSMIL max-instance) in training, else 0
 
 
 class MILModel(nn.Module, ABC):
@@ -39,9 +41,9 @@ class MILModel(nn.Module, ABC):
         super().__init__()
         self.heads: tuple[Head, ...] = check_heads(heads)
         if in_dim < 1 or hidden < 1:
-            raise ValueError(f"in_dim and hidden must be positive, got in_dim={in_dim}, hidden={hidden}")
+            raise InputError(f"in_dim and hidden must be positive, got in_dim={in_dim}, hidden={hidden}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise InputError(f"dropout must be in [0, 1), got {dropout}")
         self.in_dim, self.hidden, self.dropout = in_dim, hidden, dropout
         # feature standardization fitted on the training bags (identity until set); buffers, so
         # the saved weights carry it and prediction applies exactly what training saw
@@ -116,8 +118,8 @@ def register_model(name: str) -> Callable[[type[MILModel]], type[MILModel]]:
 def create_model(name: str, in_dim: int, heads: Sequence[Head], *, hidden: int = 256, dropout: float = 0.25,
                  **kwargs) -> MILModel:
     """The registered model ``name`` for bags of ``in_dim`` features with the given task heads;
-    ``kwargs`` go to the model (e.g. ``k_sample`` for CLAM). Unknown names raise ValueError
+    ``kwargs`` go to the model (e.g. ``k_sample`` for CLAM). Unknown names raise InputError
     listing the registered ones."""
     if name not in MODELS:
-        raise ValueError(f"unknown MIL model {name!r}; choose from {', '.join(sorted(MODELS))}")
+        raise InputError(f"unknown MIL model {name!r}; choose from {', '.join(sorted(MODELS))}")
     return MODELS[name](in_dim, heads, hidden=hidden, dropout=dropout, **kwargs)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pathology.errors import InputError
+
 from .abmil import AttentionNet
 from .base import Head, MILModel, MILOutput, binary_label, register_model
 
@@ -42,13 +44,14 @@ class CLAM(MILModel):
                  attention_dim: int | None = None, k_sample: int = 8, instance_loss: str = "ce"):
         super().__init__(in_dim, heads, hidden=hidden, dropout=dropout)
         if instance_loss not in INSTANCE_LOSSES:
-            raise ValueError(f"unknown CLAM instance loss {instance_loss!r}; choose from {', '.join(INSTANCE_LOSSES)}")
+            raise InputError(f"unknown CLAM instance loss {instance_loss!r}; choose from {', '.join(INSTANCE_LOSSES)}")
         if k_sample < 1:
-            raise ValueError(f"k_sample must be >= 1, got {k_sample}")
+            raise InputError(f"k_sample must be >= 1, got {k_sample}")
         self.k_sample, self.instance_loss_kind = k_sample, instance_loss
         attention_dim = attention_dim or max(hidden // 2, 1)
         self.attention = nn.ModuleList(
-            AttentionNet(hidden, attention_dim, self.branches(head), gated=True, dropout=dropout) for head in self.heads)
+            AttentionNet(hidden, attention_dim, self.branches(head), gated=True, dropout=dropout)
+            for head in self.heads)
         self.classifiers = nn.ModuleList(
             nn.Linear(hidden, self.branches(head) if self.multi_branch else head.n_outputs) for head in self.heads)
         # per class, an instance classifier "class c" vs "not class c"; only heads that can carry a binary label

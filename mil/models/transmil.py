@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from pathology.errors import InputError
+
 from .base import Head, MILModel, MILOutput, register_model
 
 
@@ -124,7 +126,7 @@ class TransMIL(MILModel):
                  attention_heads: int = 8, landmarks: int | None = None):
         super().__init__(in_dim, heads, hidden=hidden, dropout=dropout)
         if hidden % attention_heads:
-            raise ValueError(f"TransMIL needs hidden ({hidden}) divisible by attention_heads ({attention_heads})")
+            raise InputError(f"TransMIL needs hidden ({hidden}) divisible by attention_heads ({attention_heads})")
         landmarks = landmarks or max(hidden // 2, 1)
         self.class_tokens = nn.Parameter(torch.randn(len(self.heads), hidden) * 0.02)
         self.layer_1 = NystromLayer(hidden, attention_heads, landmarks, dropout)
@@ -144,6 +146,7 @@ class TransMIL(MILModel):
         cls = self.norm(cls)
         instance_weights = weights[:, t:t + n].index_add(1, torch.arange(pad, device=h.device), weights[:, t + n:])
         instance_weights = instance_weights / instance_weights.sum(dim=1, keepdim=True)
-        logits = {head.name: classifier(cls[i]) for i, (head, classifier) in enumerate(zip(self.heads, self.classifiers))}
+        logits = {head.name: classifier(cls[i])
+                  for i, (head, classifier) in enumerate(zip(self.heads, self.classifiers))}
         attention = {head.name: instance_weights[i] for i, head in enumerate(self.heads)}
         return MILOutput(logits, attention, h.new_zeros(()))

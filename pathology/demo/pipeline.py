@@ -11,9 +11,7 @@ reuses finished work, so an interrupted demo resumes where it stopped. Layout of
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,22 +20,23 @@ import h5py
 import numpy as np
 from rich.console import Console
 
-from mil.cli import RichProgress
+from mil.console import RichProgress
 from mil.manifest import load_manifest
+from mil.metrics import json_safe
 from mil.predict import load_run
 from mil.train import TrainConfig, train_cross_validation
 
-from ..batch import Outcome, run_batch
+from ..batch import Outcome, run_batch, status_path
 from ..cores import available_cores
-from ..embed import EmbedOptions, embed_bag
+from ..embed.run import EmbedOptions, embed_job
 from ..encoders import load_encoder
-from ..heatmap import HeatmapOptions, attention_file, heatmap_slide
+from ..heatmap import HeatmapOptions, attention_file, heatmap_job
 from ..heatmap.files import safe_name
 from ..inputs import SlideInput
+from ..publish import publish_json
 from ..run.report import SlideReport, TaskResult, write_report
 from ..synth.cohort import SIZES, make_cohort
-from ..tile_cli import tile_job
-from ..tiling.pipeline import TileOptions
+from ..tiling.pipeline import TileOptions, tile_job
 from .attention import in_tumour, out_of_fold_attention, top_k_precision
 
 log = logging.getLogger(__name__)
@@ -78,14 +77,6 @@ def _check(outcomes: list[Outcome], stage: str) -> None:
         raise DemoError(f"{stage}: {len(failed)} slide(s) failed, first {failed[0].slide_id}: {failed[0].message}")
 
 
-def _embed_job(bag: SlideInput, advance, *, encoder, options: EmbedOptions) -> Outcome:
-    return embed_bag(bag.path, encoder, options, advance)
-
-
-def _heatmap_job(bag: SlideInput, advance, *, attention: Path, out: Path, options: HeatmapOptions) -> Outcome:
-    return heatmap_slide(bag.path, attention_file(attention), out, options)
-
-
 def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     """Run every stage into ``options.out``; raises :class:`DemoError` if a stage fails."""
     out, size, cores = Path(options.out), SIZES[options.size], available_cores()
@@ -109,15 +100,15 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     bags_dir = out / "bags"
     tiling = TileOptions(stain=options.stain)
     _check(run_batch(slides, functools.partial(tile_job, out=bags_dir, options=tiling, threads=cores),
-                     console=console), "tile")
+                     console=console, status=status_path(bags_dir)), "tile")
     bags = {s.slide_id: bags_dir / f"{s.slide_id}.h5" for s in slides}
     done("2 tile")
 
     stage("3 embed")
     encoder = load_encoder(ENCODER, device="auto")
     bag_inputs = [SlideInput(sid, path) for sid, path in bags.items()]
-    _check(run_batch(bag_inputs, functools.partial(_embed_job, encoder=encoder, options=EmbedOptions(threads=cores)),
-                     console=console), "embed")
+    _check(run_batch(bag_inputs, functools.partial(embed_job, encoder=encoder, options=EmbedOptions(threads=cores)),
+                     console=console, status=status_path(bags_dir, stem="status.embed")), "embed")
     done("3 embed")
 
     stage("4 train")
@@ -133,8 +124,9 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     run = load_run(out / "run")
     scores = out_of_fold_attention(run, bags, out / "attention")
     heat = HeatmapOptions(max_size=768, top_k=6)
-    _check(run_batch(bag_inputs, functools.partial(_heatmap_job, attention=out / "attention", out=out / "heatmaps",
-                                                   options=heat), console=console), "heatmaps")
+    _check(run_batch(bag_inputs, functools.partial(heatmap_job, attention=attention_file(out / "attention"),
+                                                   out=out / "heatmaps", options=heat),
+                     console=console, status=status_path(out / "heatmaps")), "heatmaps")
     precision = tumour_attention_precision(cohort, bags, slides, out / "attention")
     done("5 attention and heatmaps")
 
@@ -142,7 +134,7 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     summary = {"metrics": {t: m["metrics"] for t, m in metrics["tasks"].items()},
                "tumour_attention_precision": precision, "top_k": TOP_K, "seconds": seconds,
                "options": {k: str(v) for k, v in options.__dict__.items()}}
-    _write_json(out / "demo_summary.json", summary)
+    publish_json(out / "demo_summary.json", json_safe(summary), default=str)
     return DemoResult(metrics, precision, report, seconds)
 
 
@@ -194,9 +186,3 @@ def demo_report(out: Path, run, cohort, scores: dict[str, dict[str, float]], met
 
 def _fmt(value) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

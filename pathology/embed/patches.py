@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from ..bag import fingerprint, read_attrs
+from ..bag import BagError, fingerprint, read_attrs
 from ..slide import open_slide
 from ..stain import restore_normalizer
 from ..tiling.grid import Grid
@@ -55,10 +55,10 @@ class SlidePatches(IterableDataset):
         self.attrs = attrs
         self.slide_path = Path(slide_path or attrs["slide_path"])
         if not self.slide_path.is_file():
-            raise FileNotFoundError(f"{self.bag.name}: holds coordinates only and its slide {self.slide_path} "
+            raise BagError(f"{self.bag.name}: holds coordinates only and its slide {self.slide_path} "
                                     "is not there; pass --slides DIR with the slide files")
         if fingerprint(self.slide_path) != attrs.get("slide_fingerprint"):
-            raise ValueError(f"{self.bag.name}: slide {self.slide_path} is not the file this bag was tiled from "
+            raise BagError(f"{self.bag.name}: slide {self.slide_path} is not the file this bag was tiled from "
                              "(its fingerprint differs); re-tile it")
         with h5py.File(self.bag, "r") as f:
             coords = f["coords"]

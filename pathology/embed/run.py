@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..bag import SCHEMA
+from ..bag import SCHEMA, BagError
 from ..batch import Outcome
 from ..encoders import Encoder
+from ..errors import UserError
+from ..inputs import SlideInput
 from .patches import bag_patches
 from .staging import StagedCopy
 
@@ -46,7 +48,7 @@ def existing_features(bag: Path, name: str) -> dict | None:
     """The attrs of ``/features/<name>`` in ``bag``, or None when absent."""
     with h5py.File(bag, "r") as f:
         if f.attrs.get("schema") != SCHEMA:
-            raise ValueError(f"{bag}: not a pathology bag (schema {f.attrs.get('schema')!r}, expected {SCHEMA})")
+            raise BagError(f"{bag}: not a pathology bag (schema {f.attrs.get('schema')!r}, expected {SCHEMA})")
         node = f.get(f"features/{name}")
         return None if node is None else dict(node.attrs)
 
@@ -74,6 +76,25 @@ def write_features(path: Path, name: str, features: np.ndarray, attrs: dict) -> 
         out.attrs.update(attrs)
 
 
+def pending_patches(bags: list[SlideInput], encoder: str, overwrite: bool) -> int:
+    """Patches to embed across a batch (the progress bar's total); a bag that cannot be read
+    counts 0 here (its job reports the problem)."""
+    total = 0
+    for bag in bags:
+        try:
+            if overwrite or existing_features(bag.path, encoder) is None:
+                with h5py.File(bag.path, "r") as f:
+                    total += len(f["coords"])
+        except (OSError, KeyError, BagError):
+            continue
+    return total
+
+
+def embed_job(bag: SlideInput, advance: Callable[[int], None], *, encoder: Encoder, options: EmbedOptions) -> Outcome:
+    """One bag of an embedding batch (:func:`pathology.batch.run_batch`)."""
+    return embed_bag(bag.path, encoder, options, advance)
+
+
 def embed_bag(bag: Path, encoder: Encoder, options: EmbedOptions,
               advance: Callable[[int], None] = lambda n: None) -> Outcome:
     """Write ``/features/<encoder>`` into ``bag`` (skipped when present, unless overwriting)."""
@@ -92,12 +113,13 @@ def embed_bag(bag: Path, encoder: Encoder, options: EmbedOptions,
         for start, patches in batches:
             batch = encoder(patches).cpu().numpy()
             if not np.isfinite(batch).all():
-                raise ValueError(f"{bag.name}: encoder {name} gave non-finite features for patches "
-                                 f"{start}-{start + len(patches) - 1}")
+                raise UserError(f"{bag.name}: encoder {name} gave non-finite features for patches "
+                                f"{start}-{start + len(patches) - 1} (check its weights; on a GPU try "
+                                "--precision fp32)")
             features[start:start + len(batch)] = batch
             advance(len(batch))
         attrs = {**encoder.feature_attrs(), "batch_size": options.batch_size,
-                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                  "patch_source": "slide" if isinstance(dataset, IterableDataset) else "bag"}
         write_features(staged.ready(), name, features, attrs)
         staged.commit()

@@ -17,6 +17,8 @@ import shutil
 import threading
 from pathlib import Path
 
+from ..publish import commit, partial_path
+
 
 def kernel_copy(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` in the kernel: a reflink where the filesystem shares extents.
@@ -44,7 +46,7 @@ class StagedCopy:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
+        self.tmp = partial_path(self.path)
         self._error: BaseException | None = None
         self._copying = threading.Thread(target=self._copy, name=f"copy {self.path.name}", daemon=True)
         self._copying.start()
@@ -52,7 +54,7 @@ class StagedCopy:
     def _copy(self) -> None:
         try:
             kernel_copy(self.path, self.tmp)
-        except BaseException as exc:  # handed to the caller by ready()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by ready()
             self._error = exc
 
     def ready(self) -> Path:
@@ -65,13 +67,13 @@ class StagedCopy:
     def commit(self) -> threading.Thread | None:
         """Atomically replace ``path`` by the edited copy; the thread freeing the old file's
         blocks (joined at interpreter exit), or None where they were freed inline."""
-        old = self.path.with_name(f"{self.path.name}.{os.getpid()}.old")
+        old = partial_path(self.path).with_suffix(".old")
         try:
             os.link(self.path, old)
         except OSError:  # no hard links here: the rename frees the old file inline
-            os.replace(self.tmp, self.path)
+            commit(self.tmp, self.path)
             return None
-        os.replace(self.tmp, self.path)
+        commit(self.tmp, self.path)
         freeing = threading.Thread(target=old.unlink, name=f"free {old.name}")
         freeing.start()
         return freeing

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 # Ruifrok & Johnston stain OD vectors (rows: hematoxylin, eosin, DAB), as in skimage.color.
 RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
 MIN_INTENSITY = 1.0 / 255.0           # 8-bit black: OD is at most ln(255) = 5.5
@@ -152,7 +154,7 @@ class StainTextureEncoder(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"StainTextureEncoder needs (B, 3, H, W) RGB, got shape {tuple(x.shape)}")
         if min(x.shape[-2:]) < self.min_size:
-            raise ValueError(f"StainTextureEncoder needs patches of at least {self.min_size} px, "
+            raise InputError(f"StainTextureEncoder needs patches of at least {self.min_size} px, "
                              f"got {tuple(x.shape[-2:])}")
         x = x.float()
         od = _bin2(x).clamp_(MIN_INTENSITY, 1.0).log_().neg_()
@@ -226,8 +228,8 @@ class StainTextureEncoder(nn.Module):
             h = bands[i][:, :1]
             is_max = h == _max3(h)
             per_kpx = 1000 / (h.shape[-2] * h.shape[-1] * 4 ** (i + 1))
-            for t in self.peak_contrast:
-                out.append((is_max & (h > t)).flatten(1).sum(1, dtype=torch.int32).float() * per_kpx)
+            out.extend((is_max & (h > t)).flatten(1).sum(1, dtype=torch.int32).float() * per_kpx
+                       for t in self.peak_contrast)
         return _log_scale(torch.stack(out, dim=1), float(self.floors[2]))
 
     def _orientation(self, quarter: Tensor) -> Tensor:

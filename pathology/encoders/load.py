@@ -11,10 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError
+from ..hashing import file_sha256
 from ..memory import reuse_freed_memory
 from .registry import get_spec
 from .spec import EncoderSpec
-from .weights import apply_weights, file_sha256, locate_weights, parameters_sha256, read_checkpoint
+from .weights import apply_weights, locate_weights, parameters_sha256, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +29,9 @@ def select_device(name: str = "auto") -> torch.device:
         try:
             device = torch.device(name)
         except RuntimeError as exc:
-            raise ValueError(f"unknown device {name!r}: {exc}") from None
+            raise InputError(f"unknown device {name!r}: {exc}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+            raise InputError(f"device {name!r} asked for, but CUDA is not available here")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -51,7 +53,7 @@ def select_precision(spec: EncoderSpec, device: torch.device, precision: str = "
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         precision = "fp16"
     if precision not in ("fp32", *AUTOCAST):
-        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+        raise InputError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
     return precision
 
 
@@ -92,7 +94,7 @@ class Encoder:
             return self.model(x).float()
 
     def feature_attrs(self) -> dict[str, Any]:
-        """The attrs of ``/features/<encoder>`` (DESIGN.md) plus how the features were made."""
+        """The attrs of ``/features/<encoder>`` (docs/architecture.md, "Bags") plus how the features were made."""
         size = self.spec.input_size
         return {"encoder": self.spec.name, "weights_sha256": self.weights_sha256, "dim": self.spec.dim,
                 "input_size": -1 if size is None else size, "mean": list(self.spec.mean), "std": list(self.spec.std),

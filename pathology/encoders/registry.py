@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..errors import InputError
 from .spec import EncoderSpec
 
 ENCODERS: dict[str, EncoderSpec] = {}
@@ -16,7 +17,7 @@ def register_encoder(spec: EncoderSpec) -> EncoderSpec:
         if key in ENCODERS or key in _ALIASES:
             raise ValueError(f"encoder name {key!r} is already registered")
     ENCODERS[spec.name] = spec
-    _ALIASES.update({alias: spec.name for alias in spec.aliases})
+    _ALIASES.update(dict.fromkeys(spec.aliases, spec.name))
     return spec
 
 
@@ -27,8 +28,8 @@ def encoder_entry(fn: Callable[[], EncoderSpec]) -> Callable[[], EncoderSpec]:
 
 
 def get_spec(name: str) -> EncoderSpec:
-    """The entry for ``name`` (or an alias); ValueError listing the known names otherwise."""
+    """The entry for ``name`` (or an alias); :class:`InputError` listing the known names otherwise."""
     key = _ALIASES.get(name, name)
     if key not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
+        raise InputError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
     return ENCODERS[key]

@@ -60,7 +60,7 @@ class AttentionalPooler(nn.Module):
         b, h = tokens.shape[0], self.heads
         q = self.to_q(self.ln_q(self.query)).expand(b, -1, -1)
         k, v = self.to_kv(self.ln_k(tokens)).chunk(2, dim=-1)
-        split = lambda t: t.unflatten(-1, (h, -1)).transpose(1, 2)  # noqa: E731  (B, heads, T, d)
+        split = lambda t: t.unflatten(-1, (h, -1)).transpose(1, 2)
         out = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
         return self.to_out(out.transpose(1, 2).flatten(2))
 

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ..errors import UserError
 from .spec import EncoderSpec, StateDict
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "teacher")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """Weights that cannot be found, read or applied (one line naming the file)."""
 
 
@@ -69,7 +70,7 @@ def read_checkpoint(path: Path) -> StateDict:
         raise WeightsError(f"{path}: refused to load: it holds pickled objects other than tensors "
                            f"(torch.load weights_only=True: {first}); save it as safetensors or a plain state dict") \
             from None
-    except Exception as exc:  # safetensors/torch raise many types for a corrupt file
+    except Exception as exc:  # noqa: BLE001 - safetensors/torch raise many types for a corrupt file
         raise WeightsError(f"{path}: cannot read weights: {' '.join(str(exc).split())[:200]}") from None
     return _unwrap(state, path)
 
@@ -109,15 +110,6 @@ def apply_weights(model: nn.Module, spec: EncoderSpec, state: StateDict, path: P
         raise WeightsError(f"{path}: does not fit {spec.name} ({spec.architecture}): {'; '.join(parts)}")
     state = {k: v.to(expected[k].dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=assign)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parameters_sha256(model: nn.Module) -> str:

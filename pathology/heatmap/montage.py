@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..h5rows import read_rows
+from ..qc import _font
 from ..slide import Slide
 from ..stain import restore_normalizer
-from ..qc import _font
 from .overlay import BAR_COLOUR, TEXT_COLOUR, fit_text
 from .sources import BagView
 

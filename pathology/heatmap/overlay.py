@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
+from ..errors import InputError
 from ..qc import _font
 
 BAR_COLOUR = (32, 32, 36)
@@ -20,7 +21,7 @@ TEXT_COLOUR = (240, 240, 240)
 def colour_lut(name: str) -> np.ndarray:
     """(256, 3) uint8 lookup table of a matplotlib colour map."""
     if name not in colormaps:
-        raise ValueError(f"unknown colour map {name!r} (any matplotlib name, e.g. jet, inferno, viridis, turbo)")
+        raise InputError(f"unknown colour map {name!r} (any matplotlib name, e.g. jet, inferno, viridis, turbo)")
     return (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
@@ -28,7 +29,7 @@ def blend(picture: np.ndarray, values: np.ndarray, paint: np.ndarray, lut: np.nd
     """``picture`` with ``lut[values]`` blended in at ``alpha`` where ``paint`` is set;
     every other pixel is left exactly as it was."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be within 0-1, got {alpha}")
+        raise InputError(f"alpha must be within 0-1, got {alpha}")
     out = picture.copy()
     index = np.clip(np.rint(values[paint] * 255), 0, 255).astype(np.intp)
     mixed = (1.0 - alpha) * picture[paint].astype(np.float32) + alpha * lut[index].astype(np.float32)

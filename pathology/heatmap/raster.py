@@ -23,7 +23,7 @@ class OutputGrid:
     mpp: float                   # µm per output px
 
     @classmethod
-    def for_slide(cls, dimensions: tuple[int, int], mpp0: float, downsample: float) -> "OutputGrid":
+    def for_slide(cls, dimensions: tuple[int, int], mpp0: float, downsample: float) -> OutputGrid:
         """The grid at ``downsample`` level-0 px per output px (sizes rounded as
         :meth:`pathology.slide.Slide.read_scaled` rounds them)."""
         w0, h0 = dimensions

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 
 from ..batch import Outcome
+from ..errors import InputError
+from ..inputs import SlideInput
 from .background import background, output_grid
 from .files import safe_name, write_csv, write_json, write_png
 from .geojson import feature_collection, patch_features, tissue_features
@@ -47,18 +49,18 @@ class HeatmapOptions:
 
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZERS:
-            raise ValueError(f"unknown normalization {self.normalization!r}; choose {', '.join(NORMALIZERS)}")
+            raise InputError(f"unknown normalization {self.normalization!r}; choose {', '.join(NORMALIZERS)}")
         if self.resolution is not None and self.max_size is not None:
-            raise ValueError("give --resolution or --max-size, not both")
+            raise InputError("give --resolution or --max-size, not both")
         if (self.resolution is not None and self.resolution <= 0) or \
                 (self.max_size is not None and self.max_size < 16):
-            raise ValueError(f"--resolution must be > 0 and --max-size >= 16, got {self.resolution}, {self.max_size}")
+            raise InputError(f"--resolution must be > 0 and --max-size >= 16, got {self.resolution}, {self.max_size}")
         if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
-            raise ValueError(f"--percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+            raise InputError(f"--percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"--alpha must be within 0-1, got {self.alpha}")
+            raise InputError(f"--alpha must be within 0-1, got {self.alpha}")
         if self.top_k < 0 or self.smooth_um < 0:
-            raise ValueError(f"--top-k and --smooth must be >= 0, got {self.top_k} and {self.smooth_um}")
+            raise InputError(f"--top-k and --smooth must be >= 0, got {self.top_k} and {self.smooth_um}")
         colour_lut(self.cmap)  # unknown names fail here, before any slide
 
 
@@ -70,7 +72,7 @@ def heatmap_slide(bag_path: str | Path, attention: AttentionSource, out_dir: str
     scores = select_tasks(attention(bag), options.tasks, bag)
     grid = output_grid(bag, options.resolution, options.max_size)
     slide_path = locate_slide(bag, options.slide)
-    opener = lambda why: open_bag_slide(bag, slide_path, why)  # noqa: E731  (opened only if needed)
+    opener = lambda why: open_bag_slide(bag, slide_path, why)
     picture, tissue = background(bag, grid, opener)
     lut = colour_lut(options.cmap)
     folder = Path(out_dir) / bag.slide_id
@@ -101,6 +103,14 @@ def heatmap_slide(bag_path: str | Path, attention: AttentionSource, out_dir: str
     log.debug("%s: heatmaps for %s in %s", bag.slide_id, ", ".join(scores), folder)
     return Outcome(bag.slide_id, "done", len(bag.coords), time.perf_counter() - t0,
                    f"{', '.join(scores)} → {folder}")
+
+
+def heatmap_job(bag: SlideInput, advance: Callable[[int], None], *, attention: AttentionSource, out: Path,
+                options: HeatmapOptions) -> Outcome:
+    """One bag of a heatmap batch (:func:`pathology.batch.run_batch`)."""
+    outcome = heatmap_slide(bag.path, attention, out, options)
+    advance(outcome.count)
+    return outcome
 
 
 def select_tasks(scores: dict[str, np.ndarray], tasks: tuple[str, ...], bag: BagView) -> dict[str, np.ndarray]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,7 @@ def percentile_normalize(scores: np.ndarray, percentiles: tuple[float, float] = 
     """Linear between two percentiles of ``scores``, clipped to [0, 1]."""
     lo_p, hi_p = percentiles
     if not 0 <= lo_p < hi_p <= 100:
-        raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {lo_p}, {hi_p}")
+        raise InputError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {lo_p}, {hi_p}")
     scores = np.asarray(scores, np.float64)
     lo, hi = np.percentile(scores, [lo_p, hi_p])
     if hi <= lo:
@@ -66,7 +68,7 @@ def normalize(scores: np.ndarray, method: str = "percentile",
               percentiles: tuple[float, float] = (1.0, 99.0)) -> Normalized:
     """Normalize with the registered ``method`` (see the module docstring)."""
     if method not in NORMALIZERS:
-        raise ValueError(f"unknown normalization {method!r}; choose {', '.join(NORMALIZERS)}")
+        raise InputError(f"unknown normalization {method!r}; choose {', '.join(NORMALIZERS)}")
     if not len(scores):
         return Normalized(np.zeros(0), [], "attention")
     return NORMALIZERS[method](scores, percentiles)

@@ -1,5 +1,6 @@
 """What a heatmap is drawn from: a bag's geometry and overview, and per-patch attention
-(an attention file from ``mil predict``, or a trained run applied to the bag's features)."""
+(an attention file from ``mil predict``; :mod:`pathology.run.attention` computes it from a trained run
+instead)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import h5py
 import numpy as np
 
 from ..bag import SCHEMA, read_attrs
+from ..errors import UserError
 
 # Reads the attention of one bag: task -> (N,) scores, rows aligned with the bag's coords.
 AttentionSource = Callable[["BagView"], dict[str, np.ndarray]]
 
 
-class HeatmapError(ValueError):
+class HeatmapError(UserError):
     """Bad heatmap input; the message is one line naming the file and the field."""
 
 
@@ -125,27 +127,3 @@ def check_coords(origin: str, coords: np.ndarray, bag: BagView) -> None:
         raise HeatmapError(f"{origin}: coords differ from bag {bag.path} in {len(differ)} row"
                            f"{'s' if len(differ) > 1 else ''} (first: row {i}, "
                            f"{tuple(int(v) for v in coords[i])} vs {tuple(int(v) for v in bag.coords[i])})")
-
-
-def model_attention(run_dir: str | Path) -> AttentionSource:
-    """Attention computed now by the trained run in ``run_dir`` (``mil.predict``: every fold
-    model, averaged) on each bag's features of the set the run was trained on."""
-    try:
-        from mil.predict import check_bag, load_run, predict_bag
-    except ImportError as exc:
-        raise HeatmapError(f"--model {run_dir}: not available in this install (mil.predict: {exc}); "
-                           "run `mil predict` and pass its attention file with --attention") from None
-    from mil.data import read_features
-
-    run = load_run(run_dir)
-
-    def predict(bag: BagView) -> dict[str, np.ndarray]:
-        features = read_features(bag.path, run.features)
-        if features.features.shape[1] != run.in_dim:
-            raise HeatmapError(f"{bag.path}: features {features.name!r} have dimension {features.features.shape[1]}, "
-                               f"the model in {run_dir} expects {run.in_dim}")
-        check_bag(run, bag.path, features.name)
-        _, attention = predict_bag(run, features.features)
-        return {task: check_scores(f"{run_dir} on {bag.path.name}", task, a, bag) for task, a in attention.items()}
-
-    return predict

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from .scores import her2_call, hormone_receptor_call, ki67_call
 
 
@@ -36,7 +37,7 @@ class IntensityThresholds:
 
     def __post_init__(self) -> None:
         if not 0 < self.weak < self.moderate < self.strong:
-            raise ValueError(f"thresholds must satisfy 0 < weak < moderate < strong, got "
+            raise InputError(f"thresholds must satisfy 0 < weak < moderate < strong, got "
                              f"{self.weak}, {self.moderate}, {self.strong}")
 
     @classmethod
@@ -47,7 +48,7 @@ class IntensityThresholds:
         except ValueError:
             values = []
         if len(values) != 3:
-            raise ValueError(f"--thresholds takes three DAB OD values weak,moderate,strong (e.g. 0.15,0.35,0.6), "
+            raise InputError(f"--thresholds takes three DAB OD values weak,moderate,strong (e.g. 0.15,0.35,0.6), "
                              f"got {text!r}")
         return cls(*values)
 

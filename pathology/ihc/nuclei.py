@@ -30,6 +30,8 @@ from skimage.feature import peak_local_max
 from skimage.morphology import remove_small_holes
 from skimage.segmentation import watershed
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class NucleusParams:
@@ -50,12 +52,12 @@ class NucleusParams:
 
     def __post_init__(self) -> None:
         if not self.threshold > 0:
-            raise ValueError(f"nucleus threshold must be a positive OD, got {self.threshold}")
+            raise InputError(f"nucleus threshold must be a positive OD, got {self.threshold}")
         if not 0 < self.min_area_um2 < self.max_area_um2:
-            raise ValueError(f"need 0 < min area < max area, got {self.min_area_um2}, {self.max_area_um2}")
+            raise InputError(f"need 0 < min area < max area, got {self.min_area_um2}, {self.max_area_um2}")
         for name in ("smooth_um", "background_um", "split_um"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,13 +9,12 @@ and the same file is complete and a rerun skips it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,10 @@ from scipy import ndimage
 from .. import __version__
 from ..bag import fingerprint
 from ..batch import Outcome
+from ..errors import InputError
+from ..hashing import slide_seed
 from ..heatmap.files import write_json
+from ..inputs import SlideInput
 from ..slide import Slide, open_slide
 from ..tiling.grid import Grid, choose_read_level, tissue_fractions
 from ..tiling.reader import PatchReader
@@ -64,13 +66,13 @@ class IHCOptions:
 
     def __post_init__(self) -> None:
         if self.marker not in MARKERS:
-            raise ValueError(f"unknown marker {self.marker!r}; choose {', '.join(MARKERS)}")
+            raise InputError(f"unknown marker {self.marker!r}; choose {', '.join(MARKERS)}")
         if self.stain_matrix not in BASES:
-            raise ValueError(f"unknown stain matrix {self.stain_matrix!r}; choose {', '.join(BASES)}")
+            raise InputError(f"unknown stain matrix {self.stain_matrix!r}; choose {', '.join(BASES)}")
         if not 0.1 <= self.working_mpp <= 2.0:
-            raise ValueError(f"working µm/px must be within 0.1-2 (nuclei must be resolved), got {self.working_mpp}")
+            raise InputError(f"working µm/px must be within 0.1-2 (nuclei must be resolved), got {self.working_mpp}")
         if self.tile_size < 64 or self.margin < 8:
-            raise ValueError(f"tile size must be >= 64 and margin >= 8 px, got {self.tile_size}, {self.margin}")
+            raise InputError(f"tile size must be >= 64 and margin >= 8 px, got {self.tile_size}, {self.margin}")
         if self.thresholds is None:
             object.__setattr__(self, "thresholds", MARKERS[self.marker].thresholds)
 
@@ -114,7 +116,7 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
             basis = _basis(reader, grid, slide_id, options.stain_matrix)
             settings = Settings(marker, options.thresholds, options.nuclei, options.membrane, basis,
                                 options.working_mpp, options.margin)
-            analyze = lambda i, rgb, keep=False: analyze_tile(  # noqa: E731
+            analyze = lambda i, rgb, keep=False: analyze_tile(
                 rgb, tile_tissue(grid, i, size, mask, mask_scale), settings, keep_labels=keep)
             table = TileTable.empty(len(grid))
             for start, batch in reader.read(np.arange(len(grid))):  # decoded ahead on the reader's threads
@@ -139,7 +141,7 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
             mpp=mpp.x, mpp_source=mpp.source,
             outputs={"qc": str(qc_path.relative_to(out_dir)), **{k: str(v.relative_to(out_dir))
                                                                for k, v in maps.items()}},
-            software_version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            software_version=__version__, created=datetime.now(UTC).isoformat(timespec="seconds"))
     write_json(json_path, record)
     for warning in record["warnings"]:
         log.warning("%s: %s", slide_id, warning)
@@ -149,6 +151,12 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
     return Outcome(slide_id, "done", len(grid), time.perf_counter() - t0,
                    f"{n} {'cells' if marker.compartment == 'membrane' else 'nuclei'}: {record['call']['result']}")
 
+
+
+def ihc_job(slide: SlideInput, advance, *, out: Path, options: IHCOptions, threads: int) -> Outcome:
+    """One slide of an IHC batch (:func:`pathology.batch.run_batch`; module level so worker
+    processes can run it)."""
+    return score_slide(slide.path, slide.slide_id, out, options, threads=threads, on_tiles=advance)
 
 
 def tissue_mask(slide: Slide, params: TissueParams) -> tuple[np.ndarray, tuple[float, float]]:
@@ -202,7 +210,7 @@ def _basis(reader: PatchReader, grid: Grid, slide_id: str, name: str) -> StainBa
     """The stain basis: standard, or fitted on a reproducible sample of this slide's tiles."""
     if name != "fitted" or not len(grid):
         return BASES["standard"]()
-    seed = int.from_bytes(hashlib.sha256(slide_id.encode()).digest()[:8], "little")
-    sample = np.sort(np.random.default_rng(seed).choice(len(grid), min(FIT_TILES, len(grid)), replace=False))
+    rng = np.random.default_rng(slide_seed(slide_id))
+    sample = np.sort(rng.choice(len(grid), min(FIT_TILES, len(grid)), replace=False))
     return BASES[name](np.concatenate([batch.reshape(-1, 3) for _, batch in reader.read(sample)]))
 

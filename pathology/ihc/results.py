@@ -78,7 +78,7 @@ def slide_record(*, schema: str, slide_id: str, slide_path: str, slide_fingerpri
         "thresholds_dab_od": params["thresholds"],
         "stain_basis": basis.describe(),
         "mpp_level0": mpp, "mpp_source": mpp_source, "working_mpp": params["working_mpp"],
-        "tissue_mm2": round(tissue_px * params["working_mpp"] ** 2 / 1e6, 4), "tiles": int(len(table.counts)),
+        "tissue_mm2": round(tissue_px * params["working_mpp"] ** 2 / 1e6, 4), "tiles": len(table.counts),
         "scope": SCOPE, "outputs": outputs, "params": params,
         "software_version": software_version, "created": created,
     }

@@ -12,10 +12,8 @@ the missing work. Outputs of ``pathology run --out DIR``::
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,10 +24,12 @@ from mil.predict import Run, predict_file
 from ..batch import Outcome
 from ..embed import EmbedOptions, embed_bag
 from ..encoders import Encoder
+from ..errors import UserError
 from ..heatmap import HeatmapOptions, heatmap_slide
 from ..heatmap.files import safe_name
 from ..heatmap.sources import attention_file
 from ..inputs import SlideInput
+from ..publish import publish_csv
 from ..tiling.pipeline import TileOptions, tile_slide
 from .report import SlideReport, TaskResult
 
@@ -60,21 +60,16 @@ class RunContext:
 def run_slide(slide: SlideInput, advance: Callable[[int], None], *, ctx: RunContext) -> Outcome:
     """Tile, embed, predict and draw one slide; records its :class:`SlideReport` in ``ctx``.
 
-    Raises ValueError/OSError (one line) for a bad slide; the batch reports it and goes on."""
+    Raises a :class:`pathology.errors.UserError` (one line) for a bad slide; the batch reports it and goes on."""
     t0 = time.perf_counter()
     sid = slide.slide_id
     tiled = tile_slide(slide.path, sid, ctx.bags, ctx.tiling, threads=ctx.threads)
     bag = ctx.bags / f"{sid}.h5"
-    if tiled.status == "done" and tiled.patches == 0:
-        raise ValueError(f"{slide.path}: no tissue found (see {ctx.bags / 'qc' / (sid + '.png')})")
+    if tiled.status == "done" and tiled.count == 0:
+        raise UserError(f"{slide.path}: no tissue found (see {ctx.bags / 'qc' / (sid + '.png')})")
     embedded = embed_bag(bag, ctx.encoder, ctx.embed, advance)
-    if embedded.status == "failed":
-        raise ValueError(embedded.message)
     scores, n = predict_file(ctx.run, sid, bag, ctx.out, ctx.run.features)
-    drawn = heatmap_slide(bag, attention_file(ctx.out / "attention" / f"{sid}.h5"), ctx.out / "heatmaps",
-                          ctx.heatmap)
-    if drawn.status == "failed":
-        raise ValueError(drawn.message)
+    heatmap_slide(bag, attention_file(ctx.out / "attention" / f"{sid}.h5"), ctx.out / "heatmaps", ctx.heatmap)
     thresholds = ctx.thresholds()
     folder = ctx.out / "heatmaps" / sid
     tasks = [TaskResult(task, kind, scores[task], thresholds.get(task) if kind == "binary" else None,
@@ -109,10 +104,5 @@ def results_rows(outcomes: list[Outcome], ctx: RunContext) -> tuple[list[str], l
 
 
 def write_results(path: Path, header: list[str], rows: list[dict]) -> None:
-    """Write the CSV atomically."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """Write ``results.csv`` atomically."""
+    publish_csv(path, header, rows)

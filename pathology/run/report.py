@@ -11,8 +11,10 @@ import html
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+from ..publish import publish_text
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;background:#fafafa}
@@ -103,7 +105,7 @@ def render_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, m
         calls = "; ".join(f"{html.escape(t.task)}: {_call_html(t)}" for t in s.tasks)
         cards.append(f'<div class="card" id="{html.escape(s.slide_id)}"><h2>{html.escape(s.slide_id)}</h2>'
                      f'<p>{calls}</p><div class="row">{"".join(pictures)}</div></div>')
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
@@ -117,9 +119,5 @@ def write_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, mo
                  notes: Sequence[str] = (), metrics: Sequence[Sequence[str]] = (),
                  figures: Sequence[Path] = ()) -> Path:
     """Write ``out_dir/report.html`` atomically and return its path."""
-    path = out_dir / "report.html"
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(render_report(slides, out_dir, title=title, model=model, notes=notes, metrics=metrics,
-                                 figures=figures), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return publish_text(out_dir / "report.html", render_report(slides, out_dir, title=title, model=model, notes=notes,
+                                                               metrics=metrics, figures=figures))

@@ -8,15 +8,16 @@ cannot be reproduced is an error before any slide is touched.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from pathlib import Path
 
 from ..encoders import Encoder
+from ..errors import UserError
+from ..hashing import file_sha256
 from ..tiling.pipeline import TileOptions
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError):
     """The run cannot be applied to slides as it was trained (one line, naming the cause)."""
 
 
@@ -39,7 +40,7 @@ def tile_options(config: dict, run_dir: Path, *, mpp: float | None = None, stain
         if stain_ref is None:
             raise SettingsError(f"the run was trained with a custom stain reference (sha256 {recorded[:12]}…); "
                                 "pass the same file with --stain-ref")
-        digest = hashlib.sha256(Path(stain_ref).read_bytes()).hexdigest()
+        digest = file_sha256(stain_ref)
         if digest != recorded:
             raise SettingsError(f"--stain-ref {stain_ref}: sha256 {digest[:12]}… differs from the training "
                                 f"reference {recorded[:12]}…")

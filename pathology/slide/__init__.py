@@ -13,8 +13,16 @@ from pathlib import Path
 from . import image_backend, openslide_backend, tiffslide_backend
 from .base import Mpp, Slide, SlideError, resolve_mpp, rgba_to_rgb
 
-__all__ = ["BACKENDS", "Mpp", "Slide", "SlideError", "open_slide", "resolve_mpp", "rgba_to_rgb",
-           "SLIDE_EXTENSIONS"]
+__all__ = [
+    "BACKENDS",
+    "SLIDE_EXTENSIONS",
+    "Mpp",
+    "Slide",
+    "SlideError",
+    "open_slide",
+    "resolve_mpp",
+    "rgba_to_rgb",
+]
 
 # Extensions a folder scan picks up as slides.
 SLIDE_EXTENSIONS = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".dcm", ".vms", ".vmu",

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 # Plausible microscope resolutions. TIFF writers often store 72 or 96 dpi by
 # default (352.8 or 264.6 µm/px): such a value says nothing about the slide.
 MPP_PLAUSIBLE = (0.02, 50.0)
 
 
-class SlideError(Exception):
+class SlideError(UserError):
     """A slide that cannot be opened or read; ``str()`` is one line naming the file."""
 
     def __init__(self, path: str | Path, message: str):
@@ -173,7 +175,7 @@ class Slide:
     def close(self) -> None:
         """Release file handles."""
 
-    def __enter__(self) -> "Slide":
+    def __enter__(self) -> Slide:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,8 +1,10 @@
-"""Errors of stain normalization: one-line messages, ValueError subclasses so batch
-commands report them as bad input rather than crashes."""
+"""Errors of stain normalization: one-line messages, user errors (:mod:`pathology.errors`) so
+batch commands report them as a bad slide or reference rather than as a bug."""
+
+from ..errors import UserError
 
 
-class StainError(ValueError):
+class StainError(UserError):
     """Base of every stain-normalization error."""
 
 

@@ -2,7 +2,7 @@
 
 ``make_cohort(out_dir)`` draws patients (tumour yes/no, ER, PR, HER2, tumour burden,
 survival), renders each of their slides as a pyramidal SVS with the tumour's phenotype
-and writes ``manifest.csv`` (DESIGN.md's columns) and ``cohort.json`` (the full truth,
+and writes ``manifest.csv`` (docs/architecture.md, "Manifests") and ``cohort.json`` (the full truth,
 including the labels the manifest leaves unknown). Every cue sits in the tumour only,
 so a model must find the tumour to read it (the standard H&E recipe elsewhere):
 
@@ -32,8 +32,6 @@ import csv
 import functools
 import io
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,8 +39,10 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from ..batch import Outcome, run_batch
+from ..batch import Outcome, run_batch, status_path
+from ..errors import InputError
 from ..inputs import SlideInput
+from ..publish import publish_text
 from .config import SynthConfig, derive_seed
 from .recipe import RECIPES, Recipe
 from .writer import truth_paths, write_synthetic_slide
@@ -183,9 +183,9 @@ def plan_cohort(n_slides: int = _DEFAULT.n_slides, n_patients: int = _DEFAULT.n_
                 stain_variation: float = 0.5) -> CohortPlan:
     """Draw the cohort (labels, burdens, survival, slide seeds) without rendering anything."""
     if n_patients < 5:
-        raise ValueError(f"a cohort needs at least 5 patients, got {n_patients}")
+        raise InputError(f"a cohort needs at least 5 patients, got {n_patients}")
     if not n_patients <= n_slides <= 2 * n_patients:
-        raise ValueError(f"slides must number between the patients and twice that ({n_patients}-"
+        raise InputError(f"slides must number between the patients and twice that ({n_patients}-"
                          f"{2 * n_patients}), got {n_slides}")
     rng = np.random.default_rng(seed)
     tumour = ~_chosen(rng, n_patients, 0.2)
@@ -226,20 +226,8 @@ def plan_cohort(n_slides: int = _DEFAULT.n_slides, n_patients: int = _DEFAULT.n_
     return CohortPlan(slides, patients, settings)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
-                                     newline="") as tmp:
-        try:
-            tmp.write(text)
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
-
-
 def manifest_text(plan: CohortPlan) -> str:
-    """The cohort's manifest CSV (DESIGN.md's columns)."""
+    """The cohort's manifest CSV (docs/architecture.md, "Manifests")."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -306,10 +294,10 @@ def make_cohort(out_dir: str | Path, *, n_slides: int = _DEFAULT.n_slides, n_pat
     plan = plan_cohort(n_slides, n_patients, seed=seed, width=width, height=height, mpp=mpp,
                        stain_variation=stain_variation)
     manifest, truth = out_dir / "manifest.csv", out_dir / "cohort.json"
-    _atomic_write(manifest, manifest_text(plan))
-    _atomic_write(truth, json.dumps(_truth(plan), indent=1) + "\n")
+    publish_text(manifest, manifest_text(plan))
+    publish_text(truth, json.dumps(_truth(plan), indent=1) + "\n")
     inputs = [SlideInput(s.slide_id, out_dir / s.slide_path) for s in plan.slides]
     job = functools.partial(render_job, plan={s.slide_id: s for s in plan.slides})
     outcomes = run_batch(inputs, job, workers=max(1, min(workers, len(inputs))), unit="rows", console=console,
-                         total=sum(s.config.height for s in plan.slides))
+                         total=sum(s.config.height for s in plan.slides), status=status_path(out_dir))
     return CohortInfo(manifest, truth, plan.slides, outcomes)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from .recipe import RECIPES
 
 
@@ -50,7 +51,7 @@ class SynthConfig:
         if not (0 <= self.seed < 2 ** 63):
             problems.append(f"seed must be a non-negative integer, got {self.seed}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise InputError("; ".join(problems))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,8 +18,6 @@ holds the truth: cell count, count per class, positive percentage and H-score.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +25,9 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 from skimage.color import rgb_from_hed
+
+from ..errors import InputError
+from ..publish import publish_json, publishing
 
 SCHEMA = "pathology-synth-ihc-cells/1"
 COMPARTMENTS = ("nuclear", "membrane")
@@ -61,11 +62,11 @@ class CellFieldConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
         if self.compartment not in COMPARTMENTS:
-            raise ValueError(f"compartment must be one of {', '.join(COMPARTMENTS)}, got {self.compartment!r}")
+            raise InputError(f"compartment must be one of {', '.join(COMPARTMENTS)}, got {self.compartment!r}")
         if len(self.fractions) != 4 or min(self.fractions) < 0 or not np.isclose(sum(self.fractions), 1):
-            raise ValueError(f"fractions must be 4 non-negative shares summing to 1, got {self.fractions}")
+            raise InputError(f"fractions must be 4 non-negative shares summing to 1, got {self.fractions}")
         if min(self.width, self.height) < 256:
-            raise ValueError(f"a cell field must be at least 256x256 pixels, got {self.width}x{self.height}")
+            raise InputError(f"a cell field must be at least 256x256 pixels, got {self.width}x{self.height}")
 
 
 def _seeds(cfg: CellFieldConfig, rng: np.random.Generator) -> np.ndarray:
@@ -177,9 +178,8 @@ def write_cell_field(path: str | Path, cfg: CellFieldConfig = CellFieldConfig())
     truth["slide"] = path.name
     h, w = rgb.shape[:2]
     t = cfg.tile_size
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with tifffile.TiffWriter(tmp) as tif:
-        for i, ds in enumerate((1, 4)):
+    with publishing(path) as tmp, tifffile.TiffWriter(tmp) as tif:
+        for ds in (1, 4):
             level = rgb if ds == 1 else rgb[:h // ds * ds, :w // ds * ds].reshape(
                 h // ds, ds, w // ds, ds, 3).mean(axis=(1, 3)).round().astype(np.uint8)
             desc = (f"Aperio Image Library v12.0.0\r\n{w}x{h} [0,0 {w}x{h}] ({t}x{t}) JPEG/RGB Q={cfg.quality}"
@@ -189,9 +189,5 @@ def write_cell_field(path: str | Path, cfg: CellFieldConfig = CellFieldConfig())
             if ds == 1:  # Aperio's second page is a stripped thumbnail
                 tif.write(rgb[::16, ::16].copy(), photometric="rgb", compression="jpeg", metadata=None,
                           description=f"Aperio Image Library v12.0.0\r\n{w}x{h} -> {w // 16}x{h // 16}")
-    os.replace(tmp, path)
-    json_path = path.with_suffix(".json")
-    tmp_json = json_path.with_name(f".{json_path.name}.{os.getpid()}.partial")
-    tmp_json.write_text(json.dumps(truth) + "\n")
-    os.replace(tmp_json, json_path)
+    publish_json(path.with_suffix(".json"), truth, indent=None)
     return truth

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ import tifffile
 from PIL import Image
 
 from .. import __version__
+from ..publish import publish_text, publish_with, publishing
 from .config import SynthConfig
 from .level0 import Progress, level0_tiles
 from .pyramid import Spool, level_tiles, shrink_spool, thumbnail
@@ -75,7 +75,6 @@ def write_synthetic_slide(path: str | Path, config: SynthConfig = SynthConfig(),
     renderer = SlideRenderer(config)
     w, h, t, q = config.width, config.height, config.tile_size, config.quality
     levels = [d for d in LEVEL_DOWNSAMPLES if max(w // d, h // d) >= t]
-    partial = path.with_name(path.name + ".partial")
     # level-0 tiles arrive JPEG-encoded (level0.jpeg_options: what tifffile does for these
     # arguments) and are stored as they are; the reduced levels are encoded by tifffile
     options = dict(tile=(t, t), compression="jpeg", compressionargs={"level": q}, photometric="rgb",
@@ -85,7 +84,7 @@ def write_synthetic_slide(path: str | Path, config: SynthConfig = SynthConfig(),
         spools = {d: Spool(Path(tmp) / f"ds{d}.raw", w // d) for d in LEVEL_DOWNSAMPLES}
         level0 = level0_tiles(renderer, spools[4], progress, processes)
         try:
-            with tifffile.TiffWriter(partial, bigtiff=w * h * 3 > 2 ** 31) as tif:
+            with publishing(path) as partial, tifffile.TiffWriter(partial, bigtiff=w * h * 3 > 2 ** 31) as tif:
                 tif.write(level0, shape=(h, w, 3), dtype=np.uint8,
                           description=_aperio(config, f" JPEG/RGB Q={q}|AppMag = {mag}"
                                               f"|MPP = {config.mpp}|Filename = {path.stem}"), **options)
@@ -99,14 +98,10 @@ def write_synthetic_slide(path: str | Path, config: SynthConfig = SynthConfig(),
                     lw, lh = spools[d].width, spools[d].rows
                     tif.write(level_tiles(spools[d], t), shape=(lh, lw, 3), dtype=np.uint8,
                               description=_aperio(config, f" -> {lw}x{lh} JPEG/RGB Q={q}"), **options)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
         finally:
             level0.close()
             for s in spools.values():
                 s.close()
-    os.replace(partial, path)
     truth = _write_truth(path, renderer, [1, *levels])
     log.info("wrote %s: %dx%d, %d levels, tumor %.0f%% of tissue, in %.1fs", path.name, w, h, len(levels) + 1,
              100 * truth.info["tumor_fraction"], time.perf_counter() - start)
@@ -118,8 +113,8 @@ def _write_truth(path: Path, renderer: SlideRenderer, downsamples: list[int]) ->
     cfg, fields, recipe = renderer.config, renderer.fields, renderer.recipe
     tissue_path, tumor_path, json_path = truth_paths(path)
     tissue, tumor = fields.tissue_mask, fields.tumor_mask
-    Image.fromarray(tissue.astype(np.uint8) * 255).save(tissue_path)
-    Image.fromarray(tumor.astype(np.uint8) * 255).save(tumor_path)
+    for mask, mask_path in ((tissue, tissue_path), (tumor, tumor_path)):
+        publish_with(mask_path, lambda fh, m=mask: Image.fromarray(m.astype(np.uint8) * 255).save(fh, format="PNG"))
     info = {
         "schema": SCHEMA,
         "slide": path.name,
@@ -148,6 +143,6 @@ def _write_truth(path: Path, renderer: SlideRenderer, downsamples: list[int]) ->
         "software_version": __version__,
     }
     text = json.dumps(info, indent=2)
-    json_path.write_text(text + "\n")
+    publish_text(json_path, text + "\n")
     info = json.loads(text)  # exactly what a reader of the file gets (lists, not tuples)
     return SynthTruth(slide=path, tissue_mask=tissue_path, tumor_mask=tumor_path, metadata=json_path, info=info)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -27,13 +29,13 @@ class GridSpec:
 
     def __post_init__(self) -> None:
         if self.target_mpp <= 0:
-            raise ValueError(f"target µm/px must be positive, got {self.target_mpp}")
+            raise InputError(f"target µm/px must be positive, got {self.target_mpp}")
         if self.patch_size < 8:
-            raise ValueError(f"patch size must be at least 8 px, got {self.patch_size}")
+            raise InputError(f"patch size must be at least 8 px, got {self.patch_size}")
         if not 0 <= self.overlap < self.patch_size:
-            raise ValueError(f"overlap must be in [0, patch size), got {self.overlap}")
+            raise InputError(f"overlap must be in [0, patch size), got {self.overlap}")
         if not 0.0 <= self.min_tissue <= 1.0:
-            raise ValueError(f"minimum tissue fraction must be in [0, 1], got {self.min_tissue}")
+            raise InputError(f"minimum tissue fraction must be in [0, 1], got {self.min_tissue}")
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +13,9 @@ import numpy as np
 from PIL import Image
 
 from ..bag import BagWriter, completed_with, fingerprint, pair_or_scalar
+from ..batch import Outcome
+from ..hashing import file_sha256, slide_seed
+from ..inputs import SlideInput
 from ..qc import write_qc_image
 from ..slide import Slide, open_slide
 from ..stain import create_normalizer
@@ -42,7 +44,7 @@ class TileOptions:
     stain_fit_patches: int = 16      # patches sampled per slide to fit the stain model (~1 M pixels)
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "TileOptions":
+    def from_params(cls, params: dict[str, Any]) -> TileOptions:
         """Options from a plain dict (a bag's or run's stored ``params``, or JSON)."""
         params = dict(params)
         params["grid"] = GridSpec(**params.get("grid", {}))
@@ -53,26 +55,17 @@ class TileOptions:
         """JSON-ready parameters; the reference is identified by content, not path."""
         out = asdict(self)
         if self.stain_ref:
-            out["stain_ref"] = hashlib.sha256(Path(self.stain_ref).read_bytes()).hexdigest()
+            out["stain_ref"] = file_sha256(self.stain_ref)
         return out
 
 
-@dataclass
-class TileResult:
-    slide_id: str
-    status: str            # "done", "skipped", "failed"
-    patches: int = 0
-    seconds: float = 0.0
-    message: str = ""
-
-
 def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: TileOptions,
-               threads: int = 2, on_patches: Callable[[int], None] | None = None) -> TileResult:
+               threads: int = 2, on_patches: Callable[[int], None] | None = None) -> Outcome:
     """Tile one slide into ``out_dir/<slide_id>.h5`` (and ``out_dir/qc/<slide_id>.png``).
 
-    Skips a complete bag made from the same file with the same options. Raises
-    :class:`pathology.slide.SlideError` (or ValueError) with a one-line message on bad input;
-    a bag already at the destination is never damaged by a failure.
+    Skips a complete bag made from the same file with the same options. Raises a
+    :class:`pathology.errors.UserError` (a one-line message) on bad input; a bag already at
+    the destination is never damaged by a failure. The outcome counts patches.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -81,7 +74,7 @@ def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: Ti
     fp = fingerprint(path)
     reason = completed_with(bag_path, fp, params)
     if reason is None:
-        return TileResult(slide_id, "skipped", message="bag complete with the same parameters")
+        return Outcome(slide_id, "skipped", message="bag complete with the same parameters")
     log.debug("%s: tiling (%s)", slide_id, reason)
     with open_slide(path, backend=options.backend, mpp=options.mpp) as slide:
         mpp = slide.require_mpp()
@@ -97,7 +90,7 @@ def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: Ti
                 writer.write_geometry(grid.coords, grid.tissue_fraction, grid.patch_size_level0)
                 writer.write_overview(thumb, mask.mask, mask_scale)
                 if options.store_patches and len(grid):
-                    prepare = lambda batch: writer.encode(normalizer.transform(batch))  # noqa: E731
+                    prepare = lambda batch: writer.encode(normalizer.transform(batch))
                     for start, encoded in reader.read(np.arange(len(grid)), prepare):
                         writer.write_encoded(start, encoded)
                         if on_patches:
@@ -118,9 +111,16 @@ def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: Ti
         _write_qc(out_dir / "qc" / f"{slide_id}.png", thumb, mask, grid, mask_scale, slide_id, mpp.x, options)
     if not len(grid):
         log.warning("%s: no tissue found; check qc/%s.png (or lower --min-tissue)", slide_id, slide_id)
-        return TileResult(slide_id, "done", 0, time.perf_counter() - t0, f"no tissue found: see qc/{slide_id}.png")
-    return TileResult(slide_id, "done", len(grid), time.perf_counter() - t0,
+        return Outcome(slide_id, "done", 0, time.perf_counter() - t0, f"no tissue found: see qc/{slide_id}.png")
+    return Outcome(slide_id, "done", len(grid), time.perf_counter() - t0,
                       f"{len(grid)} patches from level {grid.read_level} via {reader.source_name}")
+
+
+def tile_job(slide: SlideInput, advance: Callable[[int], None], *, out: Path, options: TileOptions,
+             threads: int) -> Outcome:
+    """One slide of a tiling batch (:func:`pathology.batch.run_batch`; module level so worker
+    processes can run it)."""
+    return tile_slide(slide.path, slide.slide_id, out, options, threads=threads, on_patches=advance)
 
 
 def _tissue(slide: Slide, params: TissueParams):
@@ -138,9 +138,8 @@ def _fit_stain(reader: PatchReader, grid: Grid, slide_id: str, options: TileOpti
     normalizer = create_normalizer(options.stain, reference=options.stain_ref, kind=options.kind)
     if options.stain == "none" or not len(grid):
         return normalizer
-    seed = int.from_bytes(hashlib.sha256(slide_id.encode()).digest()[:8], "little")
     n = min(options.stain_fit_patches, len(grid))
-    sample = np.sort(np.random.default_rng(seed).choice(len(grid), n, replace=False))
+    sample = np.sort(np.random.default_rng(slide_seed(slide_id)).choice(len(grid), n, replace=False))
     normalizer.fit_slide(np.concatenate([batch for _, batch in reader.read(sample)]), expected_patches=len(grid))
     return normalizer
 

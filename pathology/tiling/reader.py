@@ -102,11 +102,11 @@ class PatchReader:
                 pending = submitted
             yield from ((o, f.result()) for o, f in pending)
 
-    def _assemble_all(self, work: list[tuple[int, list["_Slot"]]], transform):
+    def _assemble_all(self, work: list[tuple[int, list[_Slot]]], transform):
         batch = np.stack([self._assemble(i, slots) for i, slots in work])
         return transform(batch) if transform else batch
 
-    def _assemble(self, i: int, slots: list["_Slot"]) -> np.ndarray:
+    def _assemble(self, i: int, slots: list[_Slot]) -> np.ndarray:
         """Copy patch ``i``'s covering box out of the loaded pieces (white outside the
         level) and resample it to the target size. Runs on a worker thread; the pieces
         it waits for were submitted earlier, so they are already running."""
@@ -127,7 +127,7 @@ class PatchReader:
     def close(self) -> None:
         self.source.close()
 
-    def __enter__(self) -> "PatchReader":
+    def __enter__(self) -> PatchReader:
         return self
 
     def __exit__(self, *exc) -> None:

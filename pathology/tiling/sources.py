@@ -52,14 +52,14 @@ class TiffTileSource:
         self.name = f"tifffile ({page.compression.name.lower()} tiles {self.tw}x{self.th})"
 
     @classmethod
-    def open(cls, slide: Slide, level: int) -> "TiffTileSource | None":
+    def open(cls, slide: Slide, level: int) -> TiffTileSource | None:
         """The tile source for ``level`` of ``slide``, or None when the file is not a plain
         tiled RGB TIFF pyramid whose levels line up with the slide's (then fall back)."""
         import tifffile
 
         try:
             tif = tifffile.TiffFile(slide.path)
-        except Exception:
+        except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: the backend's read_region serves
             return None
         try:
             levels = tif.series[0].levels
@@ -69,8 +69,8 @@ class TiffTileSource:
                     or page.samplesperpixel not in (3, 4) or page.planarconfig != 1 or page.tiledepth != 1):
                 tif.close()
                 return None
-            page.decode  # resolves the codec now: an unknown compression falls back here
-        except Exception:
+            _ = page.decode  # resolves the codec now: an unknown compression falls back here
+        except Exception:  # noqa: BLE001 - any layout tifffile cannot decode falls back
             tif.close()
             return None
         return cls(tif, page, (h, w))

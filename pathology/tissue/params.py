@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import InputError
 from .pen import INKS
 
 
@@ -69,7 +70,7 @@ class TissueParams:
         object.__setattr__(self, "pen_inks", tuple(self.pen_inks))
         unknown = sorted(set(self.pen_inks) - set(INKS))
         if unknown:
-            raise ValueError(f"unknown pen ink(s) {unknown}; known: {sorted(INKS)}")
+            raise InputError(f"unknown pen ink(s) {unknown}; known: {sorted(INKS)}")
         if not (0 <= self.min_saturation <= self.max_saturation <= 1):
-            raise ValueError(f"need 0 <= min_saturation <= max_saturation <= 1, "
+            raise InputError(f"need 0 <= min_saturation <= max_saturation <= 1, "
                              f"got {self.min_saturation}, {self.max_saturation}")

@@ -1,0 +1,81 @@
+"""``mil train``: patient-level cross-validation of a MIL model into a run folder."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pathology.cli.common import Device, Out, Quiet, Verbose, renamed, reported, setup_logging
+from pathology.errors import InputError
+
+from ..console import RichProgress, metrics_table
+from ..manifest import load_manifest
+from ..models import MODELS
+from ..train import SURVIVAL_LOSSES, TrainConfig, train_cross_validation
+from .options import Clinical, Survival, Targets, split_survival, split_targets
+
+Arch = Enum("Arch", {n: n for n in sorted(MODELS)}, type=str)
+SurvivalLoss = Enum("SurvivalLoss", {n: n for n in SURVIVAL_LOSSES}, type=str)
+DEFAULTS = TrainConfig()
+
+
+def train_command(
+    manifest: Annotated[Path, typer.Option(help="Cohort manifest CSV (slide_id, patient_id, labels).")],
+    bags: Annotated[Path, typer.Option(help="Folder of <slide_id>.h5 bags (or CLAM/TRIDENT feature files).")],
+    out: Out("Run folder to write."),
+    target: Targets = None,
+    survival: Survival = None,
+    arch: Annotated[Arch, typer.Option(help="MIL architecture from the registry.")] = Arch[DEFAULTS.model],
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (patient-level; a fold/split column in the "
+                                            "manifest takes precedence).")] = DEFAULTS.folds,
+    seed: Annotated[int, typer.Option(help="Seed of folds, initialisation and bag order.")] = DEFAULTS.seed,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs per fold.")] = DEFAULTS.epochs,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = DEFAULTS.lr,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = DEFAULTS.weight_decay,
+    dropout: Annotated[float, typer.Option(help="Dropout after the instance encoder.")] = DEFAULTS.dropout,
+    hidden: Annotated[int, typer.Option(min=1, help="Width of the instance encoder.")] = DEFAULTS.hidden,
+    batch_size: Annotated[int, typer.Option(min=1, help="Bags per optimizer step.")] = DEFAULTS.batch_size,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation loss before "
+                                                      "stopping.")] = DEFAULTS.patience,
+    max_instances: Annotated[int | None, typer.Option(min=1, help="Random subset of larger bags in training.")]
+    = DEFAULTS.max_instances,
+    in_memory: Annotated[bool, typer.Option("--in-memory", help="Read every bag once into RAM.")] = False,
+    features: Annotated[str | None, typer.Option(help="Feature set in the bags (needed when they hold several).")]
+    = None,
+    device: Device = "auto",
+    survival_loss: Annotated[SurvivalLoss, typer.Option(help="nll: discrete-time hazards; cox: partial "
+                                                             "likelihood.")] = SurvivalLoss[DEFAULTS.survival_loss],
+    clinical: Clinical = None,
+    bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples (of patients) for the 95% CIs.")]
+    = DEFAULTS.n_bootstrap,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a complete run in --out.")] = False,
+    old_model: Annotated[Arch | None, typer.Option("--model", hidden=True, help="Renamed --arch "
+                                                                                "(--model is a run folder).")] = None,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Cross-validate a MIL model on a cohort and write the run folder (models, metrics, predictions, plots)."""
+    console = setup_logging(verbose, quiet)
+    arch = renamed(old_model, arch, "mil train --model", "--arch")
+    with reported(console):
+        targets, surv = split_targets(target), split_survival(survival)
+        config = TrainConfig(model=arch.value, targets=tuple(targets), survival=surv, folds=folds, seed=seed,
+                             epochs=epochs, lr=lr, weight_decay=weight_decay, dropout=dropout, hidden=hidden,
+                             batch_size=batch_size, patience=patience, max_instances=max_instances,
+                             in_memory=in_memory, features=features, device=device,
+                             survival_loss=survival_loss.value, n_bootstrap=bootstrap)
+        if not targets and surv is None:
+            raise InputError("nothing to train: give at least one --target or --survival")
+        if (out / "metrics.json").exists() and not overwrite:
+            raise InputError(f"{out} already holds a complete run; choose another --out or pass --overwrite")
+        cohort = load_manifest(manifest, targets=targets, survival=surv, bags_dir=bags, features=features,
+                               clinical=clinical)
+        with RichProgress(console) as progress:
+            result = train_cross_validation(cohort, config, out, progress)
+    Console().print(metrics_table(result["tasks"], title=f"{arch.value}, {result['n_folds']} folds, "
+                                                         f"{result['n_patients']} patients"))
+    console.print(f"run written to {out}")

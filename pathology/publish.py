@@ -1,0 +1,105 @@
+"""Publishing files atomically: write under a temporary name beside the target, rename when
+complete (docs/architecture.md, "Files").
+
+A file that exists is whole, and a failure never damages the previous version. The
+temporary name is unique per host, process and thread (two jobs on a shared folder never
+write the same one), starts with a dot, ends in ``.partial`` and is removed on failure. The
+published file gets the permissions of a normally created file (the umask decides), even
+when a library wrote the temporary file with a stricter mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+PARTIAL_SUFFIX = ".partial"
+_HOST = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask is not thread-safe)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+
+
+def partial_path(path: str | Path) -> Path:
+    """The temporary name for writing ``path``: ``.<name>.<host>.<pid>.<thread>.partial`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}")
+
+
+@contextlib.contextmanager
+def publishing(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write ``path`` at; on success it is renamed into place, on any
+    failure (an exception, ``KeyboardInterrupt``) it is removed and the old file stays."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    try:
+        yield tmp
+        commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def commit(tmp: str | Path, path: str | Path) -> Path:
+    """Give the finished temporary file ``tmp`` normal permissions and rename it to ``path``
+    (for writers that manage the temporary file themselves, named by :func:`partial_path`)."""
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, path)
+    return Path(path)
+
+
+def publish_with(path: str | Path, write: Callable[[IO], Any], mode: str = "wb") -> Path:
+    """Open a temporary file in ``mode`` (text: UTF-8, no newline translation), call ``write``
+    on it, and publish it as ``path``."""
+    text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+    with publishing(path) as tmp, open(tmp, mode, **text) as fh:
+        write(fh)
+    return Path(path)
+
+
+def publish_bytes(path: str | Path, data: bytes) -> Path:
+    return publish_with(path, lambda fh: fh.write(data))
+
+
+def publish_text(path: str | Path, text: str) -> Path:
+    return publish_with(path, lambda fh: fh.write(text), mode="w")
+
+
+def publish_json(path: str | Path, obj: Any, *, indent: int | None = 2, default: Callable | None = None) -> Path:
+    """JSON without NaN/Infinity (not JSON; readers choke on them), newline-terminated when indented."""
+    def write(fh: IO) -> None:
+        json.dump(obj, fh, indent=indent, allow_nan=False, default=default,
+                  separators=None if indent else (",", ":"))
+        if indent is not None:
+            fh.write("\n")
+    return publish_with(path, write, mode="w")
+
+
+def publish_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any] | dict[str, Any]]) -> Path:
+    """A CSV with ``header``; rows are sequences in header order or dicts (missing keys left empty)."""
+    def write(fh: IO) -> None:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([row.get(h, "") for h in header] if isinstance(row, dict) else row)
+    return publish_with(path, write, mode="w")

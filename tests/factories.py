@@ -1,0 +1,100 @@
+"""Factories for the tests' inputs: real pyramidal TIFF/SVS slides, bags in this project's
+format, and toy cohorts with a known signal. One place, so every test writes them the same way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import tifffile
+
+DATA = Path(__file__).parent / "data"
+
+
+def write_pyramid_tiff(path: Path, image: np.ndarray, downsamples=(1, 4, 16), mpp: float | None = 0.25,
+                       tile: int = 256, compression: str = "jpeg", aperio: bool = True) -> Path:
+    """A real pyramidal TIFF (Aperio SVS style when ``aperio``) of ``image``, with
+    exact reduced levels (block means), as scanners write them."""
+    h, w = image.shape[:2]
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        for i, ds in enumerate(downsamples):
+            lh, lw = h // ds, w // ds
+            level = image[:lh * ds, :lw * ds].reshape(lh, ds, lw, ds, 3).mean(axis=(1, 3)).astype(np.uint8) \
+                if ds > 1 else image
+            if aperio:
+                desc = (f"Aperio Image Library v12.0.0\r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q=90"
+                        + (f"|AppMag = 40|MPP = {mpp}" if mpp and i == 0 else "")
+                        + ("" if i == 0 else f" -> {lw}x{lh}"))
+            else:
+                desc = None
+            kwargs = {}
+            if not aperio and mpp and i == 0:
+                kwargs = dict(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+            tif.write(level, tile=(tile, tile), compression=compression, photometric="rgb",
+                      description=desc, subfiletype=0 if aperio or i == 0 else 1, metadata=None, **kwargs)
+            if aperio and i == 0:  # Aperio's second page is a stripped thumbnail
+                tif.write(image[::32, ::32].copy(), photometric="rgb", compression="jpeg",
+                          description=f"Aperio Image Library v12.0.0\r\n{w}x{h} -> thumbnail", metadata=None)
+    return path
+
+
+ENCODER = "toy-enc"
+DIM = 16
+
+
+def write_bag(path: Path, features: np.ndarray, *, coords: np.ndarray | None = None, encoder: str = ENCODER) -> Path:
+    """One bag in the ``pathology-bag/1`` layout with a float16 feature set."""
+    n = len(features)
+    coords = np.stack([np.arange(n) % 16 * 256, np.arange(n) // 16 * 256], 1) if coords is None else coords
+    with h5py.File(path, "w") as f:
+        f.attrs.update(schema="pathology-bag/1", slide_id=path.stem, target_mpp=0.5, patch_size=256,
+                       tiling=json.dumps({"target_mpp": 0.5, "patch_size": 256}), stain=json.dumps({"method": "none"}))
+        f.create_dataset("coords", data=coords.astype(np.int64))
+        ds = f.create_dataset(f"features/{encoder}", data=features.astype(np.float16))
+        ds.attrs.update(encoder=encoder, weights_sha256="0" * 64, dim=features.shape[1], input_size=224,
+                        mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+    return path
+
+
+def write_cohort(root: Path, *, n_patients: int = 24, slides_per_patient: int = 1, seed: int = 0,
+                 n_instances: tuple[int, int] = (12, 30), margin: float = 0.1,
+                 missing: dict[str, float] | None = None) -> Path:
+    """Bags + manifest of a toy cohort; returns the manifest path (bags in ``root/bags``).
+
+    Each patient has a hidden share ``z`` of "tumour-like" instances (features shifted along
+    dimension 0): ``er`` = z > 0.35, ``pr`` is an independent coin tied to dimension 1, and
+    survival times are exponential with hazard exp(10 z) (censored at random, ~25%; the
+    c-index of the true z is about 0.83).
+    ``missing`` = {column: share of patients whose label is blanked}.
+    """
+    rng = np.random.default_rng(seed)
+    bags = root / "bags"
+    bags.mkdir(parents=True, exist_ok=True)
+    rows = []
+    half = n_patients // 2  # evenly spread on both sides of the ER cut-off 0.35, ``margin`` away from it
+    z = rng.permutation(np.r_[np.linspace(0.02, 0.35 - margin, half),
+                              np.linspace(0.35 + margin, 0.7, n_patients - half)])
+    pr = rng.permutation(np.arange(n_patients) % 2)
+    time = rng.exponential(1 / np.exp(10 * z)) * 12
+    event = (rng.random(n_patients) > 0.25).astype(int)
+    for p in range(n_patients):
+        for s in range(slides_per_patient):
+            n = int(rng.integers(*n_instances))
+            x = rng.normal(0, 1, (n, DIM))
+            k = int(round(z[p] * n))
+            x[:k, 0] += 3.0
+            x[:, 1] += 1.5 * pr[p]
+            slide = f"P{p:02d}-S{s}"
+            write_bag(bags / f"{slide}.h5", x)
+            rows.append({"slide_id": slide, "patient_id": f"P{p:02d}", "er": "positive" if z[p] > 0.35 else "negative",
+                         "pr": str(pr[p]), "os_time": round(float(time[p]), 4), "os_event": int(event[p])})
+    table = pd.DataFrame(rows)
+    for column, share in (missing or {}).items():
+        blank = rng.choice(n_patients, int(round(share * n_patients)), replace=False)
+        table.loc[table["patient_id"].isin([f"P{p:02d}" for p in blank]), column] = ""
+    path = root / "manifest.csv"
+    table.to_csv(path, index=False)
+    return path
