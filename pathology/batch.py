@@ -9,51 +9,31 @@ reported as one with its type and message, its traceback kept for ``-v``.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import time
-import traceback
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import describe, is_user_fixable
+from .claims import sweep_claims
+from .executors import Executor, LocalExecutor
 from .inputs import SlideInput
-from .publish import publish_csv
+from .jobs import Job, Outcome, Stage, as_stage, run_stage
+from .publish import publish_csv, sweep_leftovers
 
 log = logging.getLogger(__name__)
 
 STATUS_COLUMNS = ("slide_id", "status", "seconds", "count", "message")
+STATUSES = ("done", "skipped", "busy", "failed")
+
+__all__ = ["Job", "Outcome", "Stage", "StatusFile", "run_batch", "run_one", "status_path", "summary_table"]
 
 
-@dataclass
-class Outcome:
-    slide_id: str
-    status: str            # "done", "skipped" or "failed"
-    count: int = 0         # patches (or whatever unit the job counts)
-    seconds: float = 0.0
-    message: str = ""
-    bug: bool = False      # failed because of a bug in this software, not because of its input
-    traceback: str = ""    # of a bug, for -v (worker processes cannot log it themselves)
-
-
-# A job gets the slide and a callback to report units of work done.
-Job = Callable[[SlideInput, Callable[[int], None]], Outcome]
-
-
-def run_one(job: Job, slide: SlideInput, advance: Callable[[int], None] = lambda n: None) -> Outcome:
-    """Run ``job`` on one slide, turning any failure into a ``failed`` outcome."""
-    t0 = time.perf_counter()
-    try:
-        return job(slide, advance)
-    except Exception as exc:  # noqa: BLE001 - keep the batch going: the outcome says what happened
-        bug = not is_user_fixable(exc)
-        return Outcome(slide.slide_id, "failed", 0, time.perf_counter() - t0, describe(exc), bug=bug,
-                       traceback=traceback.format_exc() if bug else "")
+def run_one(job: Job | Stage, slide: SlideInput) -> Outcome:
+    """Run one slide through ``job`` (no claim), turning any failure into a ``failed`` outcome."""
+    return run_stage(as_stage(job), slide)
 
 
 class StatusFile:
@@ -82,13 +62,21 @@ def status_path(folder: Path, shard: tuple[int, int] | None = None, stem: str = 
     return folder / f"{stem}{suffix}.csv"
 
 
-def run_batch(slides: list[SlideInput], job: Job, *, workers: int = 1, unit: str = "patches",
-              console: Console | None = None, total: int | None = None,
-              status: Path | None = None) -> list[Outcome]:
-    """Run ``job`` over ``slides`` (``workers`` processes when > 1) with a progress bar (over
-    ``total`` units of work across the batch, when known up front), keeping ``status`` (a
-    ``status.csv`` path) up to date."""
+def run_batch(slides: list[SlideInput], job: Job | Stage | Sequence[Stage], *, executor: Executor | None = None,
+              workers: int = 1, unit: str = "patches", console: Console | None = None, total: int | None = None,
+              status: Path | None = None, clean: Sequence[Path] = ()) -> list[Outcome]:
+    """Run ``job`` (a function of a slide, a :class:`Stage`, or stages each slide passes through in
+    order) over ``slides`` with ``executor`` (default: local, ``workers`` processes), with a
+    progress bar (over ``total`` units of work, when known up front), one log line per slide and
+    ``status`` (a ``status.csv`` path) kept up to date. Temporary files and claims that dead
+    processes of this host left in the ``clean`` folders (a killed run) are removed first."""
     console = console or Console(stderr=True)
+    stages = [as_stage(job)] if callable(job) or isinstance(job, Stage) else list(job)
+    executor = executor or LocalExecutor(workers)
+    for folder in clean:
+        left = sweep_leftovers(folder) + sweep_claims(folder)
+        if left:
+            log.info("removed %d file(s) a killed run left in %s", len(left), folder)
     outcomes: list[Outcome] = []
     status_file = StatusFile(status, slides)
     status_file.write()
@@ -104,18 +92,7 @@ def run_batch(slides: list[SlideInput], job: Job, *, workers: int = 1, unit: str
             status_file.update(outcome)
             progress.advance(slides_task)
 
-        if workers <= 1:
-            for slide in slides:
-                progress.update(units_task, description=f"{unit} · {slide.slide_id}")
-                finished(run_one(job, slide, lambda n: progress.advance(units_task, n)))
-        else:
-            ctx = multiprocessing.get_context("spawn")  # h5py/OpenSlide handles must not be forked
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                futures = [pool.submit(run_one, job, slide) for slide in slides]
-                for future in as_completed(futures):
-                    outcome = future.result()
-                    progress.advance(units_task, outcome.count)
-                    finished(outcome)
+        executor.run(slides, stages, finished, lambda n: progress.advance(units_task, n), owner=uuid.uuid4().hex)
     bugs = sum(o.bug for o in outcomes)
     if bugs:
         log.error("%d slide(s) failed because of a bug in this software, not because of their input: please "
@@ -129,8 +106,8 @@ def _log_outcome(outcome: Outcome, unit: str) -> None:
         log.error("%s: failed: %s", outcome.slide_id, outcome.message)
         if outcome.traceback:
             log.debug("%s: %s", outcome.slide_id, outcome.traceback.rstrip())
-    elif outcome.status == "skipped":
-        log.info("%s: skipped (%s)", outcome.slide_id, outcome.message)
+    elif outcome.status in ("skipped", "busy"):
+        log.info("%s: %s (%s)", outcome.slide_id, outcome.status, outcome.message)
     else:
         log.info("%s: %s %s in %.1f s%s", outcome.slide_id, outcome.count, unit, outcome.seconds,
                  f" ({outcome.message})" if outcome.message else "")
@@ -142,12 +119,12 @@ def summary_table(outcomes: list[Outcome], unit: str = "patches") -> Table:
     for name, justify in (("slide", "left"), ("status", "left"), (unit, "right"), ("seconds", "right"),
                           ("detail", "left")):
         table.add_column(name, justify=justify, overflow="fold")
-    style = {"done": "green", "skipped": "cyan", "failed": "bold red"}
+    style = {"done": "green", "skipped": "cyan", "busy": "yellow", "failed": "bold red"}
     for o in outcomes:
         table.add_row(o.slide_id, f"[{style.get(o.status, '')}]{o.status}", str(o.count) if o.status == "done" else "",
-                      f"{o.seconds:.1f}" if o.status != "skipped" else "", o.message)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    table.caption = ", ".join(f"{n} {s}" for s, n in counts.items())
+                      f"{o.seconds:.1f}" if o.status not in ("skipped", "busy") else "", o.message)
+    counts = {s: sum(o.status == s for o in outcomes) for s in STATUSES}
+    table.caption = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "busy")
     bugs = sum(o.bug for o in outcomes)
     if bugs:
         table.caption += f" ({bugs} by a bug: please report it, with the traceback from -v)"

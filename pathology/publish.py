@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import IO, Any
 
 PARTIAL_SUFFIX = ".partial"
-_HOST = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
+LEFTOVER_SUFFIXES = (PARTIAL_SUFFIX, ".old")  # .old: a replaced bag kept alive while it is freed
+HOST = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
 
 
 def _umask() -> int:
@@ -42,7 +43,49 @@ FILE_MODE = 0o666 & ~_umask()
 def partial_path(path: str | Path) -> Path:
     """The temporary name for writing ``path``: ``.<name>.<host>.<pid>.<thread>.partial`` beside it."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}")
+    return path.with_name(f".{path.name}.{HOST}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0] != "Z"
+    return True
+
+
+def leftover_owner(path: Path) -> tuple[str, int] | None:
+    """(host, pid) of the process that wrote the temporary file ``path``, None for any other file."""
+    name = path.name
+    if not name.startswith(".") or not name.endswith(LEFTOVER_SUFFIXES):
+        return None
+    parts = name.rsplit(".", 4)  # [".<name>", host, pid, thread, suffix]
+    if len(parts) != 5 or not (parts[2].isdigit() and parts[3].isdigit()):
+        return None
+    return parts[1], int(parts[2])
+
+
+def sweep_leftovers(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Remove the temporary files that dead processes of this host left in ``folder`` (a killed
+    run); files of live processes and of other hosts (whose processes cannot be checked from
+    here) are kept. Returns the removed paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.rglob(".*") if recursive else folder.glob(".*"):
+        owner = leftover_owner(path)
+        if owner and owner[0] == HOST and owner[1] != os.getpid() and not pid_alive(owner[1]):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
