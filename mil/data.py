@@ -24,6 +24,7 @@ import torch
 from pathology.bag import SCHEMA, BagError
 from pathology.errors import InputError
 from pathology.h5rows import read_rows
+from pathology.safeload import RefusedPickleError, load_tensors
 
 if TYPE_CHECKING:
     from .manifest import Cohort
@@ -206,10 +207,12 @@ def _read_pt(path: Path, features: str | None) -> BagFeatures:
     _check_exists(path)
     _choose(path, [PT_NAME], features, ours=False)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_tensors(path)
+    except RefusedPickleError as exc:
+        raise BagError(f"{path}: refused to load: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any failure means "not a plain tensor file"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BagError(f"{path}: not a plain tensor file, refused to load it ({first})") from None
+        raise BagError(f"{path}: not a PyTorch tensor file ({first})") from None
     if not isinstance(obj, torch.Tensor):
         raise BagError(f"{path}: holds a {type(obj).__name__}, expected one (N, D) tensor")
     x = obj.detach()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import UserError
+from ..safeload import RefusedPickleError, load_tensors
 from .spec import EncoderSpec, StateDict
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,9 @@ def read_checkpoint(path: Path) -> StateDict:
     """Tensors of a safetensors file, or of a PyTorch checkpoint read with
     ``weights_only=True`` (a pickle that would run code is refused)."""
     try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: refused to load: it holds pickled objects other than tensors "
-                           f"(torch.load weights_only=True: {first}); save it as safetensors or a plain state dict") \
-            from None
+        state = load_file(str(path)) if path.suffix == ".safetensors" else load_tensors(path)
+    except RefusedPickleError as exc:
+        raise WeightsError(f"{path}: refused to load: {exc}; save it as safetensors or a plain state dict") from None
     except Exception as exc:  # noqa: BLE001 - safetensors/torch raise many types for a corrupt file
         raise WeightsError(f"{path}: cannot read weights: {' '.join(str(exc).split())[:200]}") from None
     return _unwrap(state, path)
