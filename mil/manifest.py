@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathology.errors import InputError, UserError
 from pathology.table import Loc, Table, TableError, read_table, where
 
 from . import stamp
-from .data import BAG_SUFFIXES, BagError, find_bag, probe_bag
+from .data import BAG_SUFFIXES, BagError, find_bag, read_features
 from .records import Record
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def _bag_paths(records: list[Record], bags_dir: Path | None, features: str | Non
     if not bags_dir.is_dir():
         problems.append(f"{bags_dir}: bags folder not found")
         return [""] * len(records)
-    out = []
+    out, dims = [], {}
     for rec in records:
         path = find_bag(bags_dir, rec.slide_id)
         if path is None:
@@ -198,13 +199,24 @@ def _bag_paths(records: list[Record], bags_dir: Path | None, features: str | Non
             problems.append(f"{where(rec.loc())}: no bag for slide {rec.slide_id!r} in {bags_dir} (looked for {names})")
             out.append("")
             continue
-        if path.suffix == ".h5":  # header-only check; .pt files are checked when read
-            try:
-                probe_bag(path, features)
-            except BagError as exc:
-                problems.append(f"{where(rec.loc())}: {exc}")
+        try:  # every value is read once here, so NaN features are reported with the other problems
+            dims[where(rec.loc())] = read_features(path, features).features.shape[1]
+        except BagError as exc:
+            problems.append(f"{where(rec.loc())}: {exc}")
         out.append(str(path.resolve()))
+    _same_dims(dims, problems)
     return out
+
+
+def _same_dims(dims: dict[str, int], problems: list[str]) -> None:
+    """Report the bags whose feature dimension differs from most bags' (features of another encoder)."""
+    if len(set(dims.values())) < 2:
+        return
+    common, n = Counter(dims.values()).most_common(1)[0]
+    for at, d in dims.items():
+        if d != common:
+            problems.append(f"{at}: the bag has {d}-d features, {n} other bag(s) have {common}-d (made with another "
+                            "encoder? choose one with --features, or re-embed)")
 
 
 def build_cohort(records: list[Record], tasks: list[Task], source: Path, problems: list[str], *,

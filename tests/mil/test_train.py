@@ -8,6 +8,7 @@ instances carry a known signal.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -15,8 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mil.data import BagError
-from mil.manifest import load_manifest
+from mil.manifest import ManifestError, load_manifest
 from mil.splits import SplitError
 from mil.train import TrainConfig, train_cross_validation
 from tests.factories import DIM, ENCODER, write_bag, write_cohort
@@ -128,17 +128,24 @@ def test_too_few_patients_is_a_clear_error(tmp_path):
         train_cross_validation(load(root), TrainConfig(targets=("er",), **{**FAST, "folds": 5}), tmp_path / "run")
 
 
-def test_nan_features_are_a_clear_error(tmp_path):
+def test_nan_features_and_other_dimensions_are_reported_with_the_manifest_problems(tmp_path):
     root = tmp_path / "c"
-    write_cohort(root, n_patients=24)
+    manifest = write_cohort(root, n_patients=24)
     bag = root / "bags" / "P03-S0.h5"
     with h5py.File(bag, "a") as f:
         x = f[f"features/{ENCODER}"][()]
         x[2, 5] = np.nan
         f[f"features/{ENCODER}"][...] = x
-    with pytest.raises(BagError, match="P03-S0.h5.*NaN"):
-        train_cross_validation(load(root), TrainConfig(targets=("er",), **FAST), tmp_path / "run")
-    assert not (tmp_path / "run").exists()  # found before any fold trained
+    write_bag(root / "bags" / "P05-S0.h5", np.ones((12, DIM + 4)))  # features of another encoder
+    manifest.write_text(re.sub(r"^P07-S0,P07,\w+", "P07-S0,P07,maybe", manifest.read_text(), flags=re.M))
+    with pytest.raises(ManifestError) as info:
+        load(root)
+    problems = info.value.problems  # every problem at once, each with its row, before any training
+    assert any("row 5" in p and "P03-S0.h5: 1 of" in p and "NaN or infinite" in p for p in problems), problems
+    # 22 others: the 24 bags less this one and the unreadable NaN bag
+    assert any("row 7" in p and f"the bag has {DIM + 4}-d features, 22 other bag(s) have {DIM}-d" in p
+               for p in problems), problems
+    assert any("row 9" in p and "'maybe'" in p for p in problems), problems
 
 
 def test_features_are_standardized_with_the_training_folds_statistics(tmp_path):
