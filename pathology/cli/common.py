@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +20,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from ..batch import Outcome
-from ..errors import is_user_fixable, one_line
+from ..cores import share_cores
+from ..errors import InputError, is_user_fixable, one_line
+from ..executors import EXECUTORS
 from ..slide import BACKENDS
 
 EXIT_FAILED = 1
@@ -38,6 +41,23 @@ Mpp = Annotated[float | None, typer.Option(help="Level-0 µm/px, overriding (or 
 BackendName = Enum("BackendName", {n: n for n in ["auto", *BACKENDS]}, type=str)
 Backend = Annotated[BackendName, typer.Option(help="Slide reader; auto picks the first that opens the file.")]
 Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), or a torch device.")]
+ExecutorName = Enum("ExecutorName", {n: n for n in EXECUTORS}, type=str)
+Executor = Annotated[ExecutorName, typer.Option(help="local: this machine (--workers processes); ray: a Ray "
+                                                     "cluster (--address), or a local Ray instance.")]
+Address = Annotated[str | None, typer.Option(help="Ray: the cluster to join (e.g. auto, 10.0.0.1:6379, "
+                                                  "ray://head:10001); default: start a local instance.")]
+CpusPerSlide = Annotated[float | None, typer.Option(min=0.1, help="Ray: CPUs per slide task, its decode threads "
+                                                                  "(default: 2).")]
+MemoryPerSlide = Annotated[str | None, typer.Option(help="Ray: memory reserved per slide task, e.g. 2G "
+                                                         "(default: none reserved).")]
+CpusPerWorker = Annotated[float | None, typer.Option(min=0.1, help="Ray: CPUs per embedding worker (its loader "
+                                                                   "and torch threads; default: 2).")]
+GpusPerWorker = Annotated[float | None, typer.Option(min=0.0, help="Ray: GPUs per embedding worker (one worker "
+                                                                   "per GPU at 1; default: 1 if the cluster has "
+                                                                   "GPUs, else 0).")]
+StageDir = Annotated[Path | None, typer.Option(file_okay=False, help="Copy each slide to this local folder "
+                                                                     "before reading it (slides on shared "
+                                                                     "storage); the copy is removed afterwards.")]
 
 
 def Out(help: str) -> Any:  # noqa: N802 - reads as a type in signatures: ``out: Out("...")``
@@ -48,6 +68,62 @@ def Out(help: str) -> Any:  # noqa: N802 - reads as a type in signatures: ``out:
 def RunFolder(help: str = "Trained run folder (the --out of `mil train`).") -> Any:  # noqa: N802
     """``--model/-m``: a trained run folder, in every command that applies one."""
     return Annotated[Path, typer.Option("--model", "-m", help=help, file_okay=False)]
+
+
+@dataclass(frozen=True)
+class ExecutorChoice:
+    """The executor options of a batch command, turned into an executor and thread counts."""
+
+    name: str = "local"
+    workers: int = 1
+    address: str | None = None
+    cpus_per_slide: float | None = None
+    memory_per_slide: str | None = None
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.name == "local"
+
+    def slide_threads(self, n_slides: int) -> tuple[int, int]:
+        """(slides at once on this machine, threads per slide): local shares the cores between
+        ``workers`` processes; on Ray each task gets ``cpus_per_slide``."""
+        if self.is_local:
+            return share_cores(n_slides, self.workers)
+        return self.workers, max(1, int(self.cpus_per_slide or DEFAULT_RAY_CPUS))
+
+    def worker_threads(self) -> int | None:
+        """Threads of an embedding worker (None on the local executor: all the cores)."""
+        return None if self.is_local else max(1, int(self.cpus_per_worker or DEFAULT_RAY_CPUS))
+
+    def build(self, states: list | None = None):
+        """The executor; ``states`` are stage states already built here (used by the local executor)."""
+        if self.is_local:
+            return EXECUTORS["local"](workers=self.workers, states=states)
+        return EXECUTORS["ray"](address=self.address, cpus_per_slide=self.cpus_per_slide or DEFAULT_RAY_CPUS,
+                                memory_per_slide=parse_bytes(self.memory_per_slide),
+                                cpus_per_worker=self.cpus_per_worker or DEFAULT_RAY_CPUS,
+                                gpus_per_worker=self.gpus_per_worker)
+
+
+DEFAULT_RAY_CPUS = 2.0
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """``"2G"`` -> 2147483648 (K, M, G, T are powers of 1024; a plain number is bytes)."""
+    if text is None:
+        return None
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    try:
+        amount = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise InputError(f"--memory-per-slide takes a size such as 512M or 4G, got {text!r}") from None
+    if amount <= 0:
+        raise InputError(f"--memory-per-slide must be positive, got {text!r}")
+    return int(amount * _UNITS[unit])
 
 
 # --- logging ----------------------------------------------------------------------------------------------------
