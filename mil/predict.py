@@ -3,7 +3,7 @@ per-instance attention, averaged over the fold models.
 
 Shared by ``mil predict`` and, later, ``pathology run`` / heatmaps:
 
-    run = load_run("runs/er")                  # config.json + fold_<k>/model.safetensors
+    run = load_run("runs/er")                  # config.json (RunConfig) + fold_<k>/model.safetensors
     scores, attention = predict_bag(run, x)    # x: (N, in_dim) features of one bag
 
 A binary task's score is the mean of the fold models' probabilities; a survival task's is
@@ -14,7 +14,6 @@ per-instance attention, in the bag's row order (the order of its ``/coords``).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import time
@@ -30,7 +29,6 @@ from safetensors.torch import load_model
 
 from pathology import __version__
 from pathology.batch import Outcome, run_batch, status_path
-from pathology.errors import UserError
 from pathology.inputs import SlideInput
 from pathology.publish import publishing
 from pathology.table import read_table
@@ -38,6 +36,7 @@ from pathology.table import read_table
 from .data import BAG_SUFFIXES, CLAM_SUBDIRS, BagError, find_bag, read_features
 from .manifest import Cohort, load_manifest
 from .models import Head, MILModel, create_model
+from .runconfig import CONFIG_NAME, RunConfig, RunError
 from .runfolder import PREDICTION_COLUMNS, write_csv
 from .train import autocast, resolve_device, risk_score
 
@@ -46,64 +45,66 @@ log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 
 
-class RunError(UserError):
-    """A run folder that cannot be used for prediction; the message names the file."""
-
-
 @dataclass
 class Run:
-    """A trained run ready to predict: its config and one eval-mode model per fold."""
+    """A trained run ready to predict: its config and one eval-mode model per fold (in the
+    config's fold order)."""
 
     path: Path
-    config: dict
+    config: RunConfig
     models: list[MILModel]
-    heads: list[Head]
-    kinds: dict[str, str]          # task -> "binary" | "survival"
-    features: str | None           # the feature set the models were trained on
-    in_dim: int
     device: torch.device
 
     @property
+    def heads(self) -> list[Head]:
+        return [Head(h.name, h.n_outputs) for h in self.config.heads]
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """task -> "binary" | "survival"."""
+        return self.config.kinds
+
+    @property
+    def features(self) -> str | None:
+        """The feature set the models were trained on."""
+        return self.config.features
+
+    @property
+    def in_dim(self) -> int:
+        return self.config.in_dim
+
+    @property
     def survival_loss(self) -> str:
-        return self.config.get("train", {}).get("survival_loss", "nll")
+        return self.config.survival_loss
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
-    """Read ``config.json`` and every ``fold_<k>/model.safetensors`` of a run (safetensors only,
-    never pickle) and rebuild the fold models in eval mode; raises :class:`RunError`."""
+    """Read ``config.json`` (:meth:`RunConfig.read`) and every ``fold_<k>/model.safetensors`` of a
+    run (safetensors only, never pickle) and rebuild the fold models in eval mode; raises
+    :class:`RunError`."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_NAME
     if not config_path.is_file():
         raise RunError(f"{run_dir}: not a run folder (no config.json); give the --out folder of `mil train`")
-    try:
-        config = json.loads(config_path.read_text())
-        spec, head_specs = config["model"], config["heads"]
-        heads = [Head(h["name"], int(h["n_outputs"])) for h in head_specs]
-        kinds = {h["name"]: h["kind"] for h in head_specs}
-        folds = [int(f["fold"]) for f in config["folds"]]
-        in_dim = int(config["in_dim"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise RunError(f"{config_path}: not a config.json written by `mil train` ({type(exc).__name__}: {exc})") \
-            from None
+    config = RunConfig.read(config_path)
+    spec = config.model
+    heads = [Head(h.name, h.n_outputs) for h in config.heads]
     target = resolve_device(device)
     models = []
-    for k in folds:
-        path = run_dir / f"fold_{k}" / WEIGHTS
+    for fold in config.folds:
+        path = run_dir / f"fold_{fold.fold}" / WEIGHTS
         if not path.is_file():
-            raise RunError(f"{path}: missing (config.json lists fold {k}); the run is incomplete")
-        model = create_model(spec["name"], in_dim, heads, hidden=int(spec["hidden"]), dropout=float(spec["dropout"]),
-                             **spec.get("kwargs", {}))
+            raise RunError(f"{path}: missing (config.json lists fold {fold.fold}); the run is incomplete")
+        model = create_model(spec.name, config.in_dim, heads, hidden=spec.hidden, dropout=spec.dropout, **spec.kwargs)
         try:
             load_model(model, str(path), strict=True)
         except Exception as exc:  # noqa: BLE001 - any failure means these weights do not fit this config
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise RunError(f"{path}: weights do not match config.json's model ({first})") from None
         models.append(model.to(target).eval())
-    if not models:
-        raise RunError(f"{config_path}: lists no folds")
-    log.info("%s: %s, %d fold model(s), tasks %s, features %s (dim %d)", run_dir, spec["name"], len(models),
-             ", ".join(kinds), config.get("features"), in_dim)
-    return Run(run_dir, config, models, heads, kinds, config.get("features"), in_dim, target)
+    log.info("%s: %s, %d fold model(s), tasks %s, features %s (dim %d)", run_dir, spec.name, len(models),
+             ", ".join(config.kinds), config.features, config.in_dim)
+    return Run(run_dir, config, models, target)
 
 
 @torch.inference_mode()
@@ -141,7 +142,8 @@ def bag_files(bags_dir: str | Path) -> dict[str, Path]:
 
 def check_bag(run: Run, path: Path, features: str | None) -> None:
     """A bag whose encoder weights differ from the ones the run was trained on is refused."""
-    trained = ((run.config.get("bag_settings") or {}).get("features") or {}).get("weights_sha256")
+    attrs = run.config.feature_attrs
+    trained = attrs.weights_sha256 if attrs is not None else None
     if not trained or path.suffix != ".h5":
         return
     with h5py.File(path, "r") as f:
@@ -174,7 +176,7 @@ def write_attention(path: Path, slide_id: str, coords: np.ndarray | None, attent
                     run: Run, features: str) -> None:
     """``coords`` (N, 2, when known) and ``attention/<task>`` (N,) float32, written atomically."""
     with publishing(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update(slide_id=slide_id, run=str(run.path.resolve()), model=run.config["model"]["name"],
+        f.attrs.update(slide_id=slide_id, run=str(run.path.resolve()), model=run.config.model.name,
                        features=features, trained_features=run.features or "", n_folds=len(run.models),
                        software_version=__version__)
         if coords is not None:
@@ -200,12 +202,12 @@ def load_labels(run: Run, manifest: str | Path) -> Cohort:
     (a manifest without label columns just names the slides and patients)."""
     columns = set(read_table(manifest, []).columns)  # its problems are reported by load_manifest
     targets, survival = [], None
-    for head in run.config["heads"]:
-        if all(c in columns for c in head["columns"]):
-            if head["kind"] == "binary":
-                targets.append(head["columns"][0])
+    for head in run.config.heads:
+        if head.columns and all(c in columns for c in head.columns):
+            if head.kind == "binary":
+                targets.append(head.columns[0])
             else:
-                survival = tuple(head["columns"])
+                survival = head.columns
     return load_manifest(manifest, targets=targets, survival=survival)
 
 

@@ -1,6 +1,6 @@
 """The run folder of ``mil train`` (docs/architecture.md, "Run folders"): metrics of (out-of-fold) predictions,
-the ROC / Kaplan-Meier pictures, ``config.json`` with the bags' provenance, fold weights,
-and the atomic writers every file goes through. Shared by ``mil evaluate`` and ``mil predict``.
+the ROC / Kaplan-Meier pictures, ``config.json`` (a :class:`mil.runconfig.RunConfig`) with the bags' provenance,
+fold weights, and the atomic writers every file goes through. Shared by ``mil evaluate`` and ``mil predict``.
 """
 
 from __future__ import annotations
@@ -8,9 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 from safetensors.torch import save_model
 
 from pathology import __version__
+from pathology.bag import BagError
 from pathology.hashing import file_sha256
 from pathology.publish import publish_json, publish_with, publishing
 
@@ -26,14 +25,26 @@ from . import metrics as M
 from .data import BagDataset, available_features
 from .models import Head, MILModel
 from .plots import plot_km, plot_roc
+from .runconfig import (
+    SOFTWARE,
+    BagSettings,
+    FieldError,
+    FoldSpec,
+    HeadSpec,
+    ManifestRecord,
+    ModelSpec,
+    RunConfig,
+    Software,
+    SurvivalSpec,
+    TrainConfig,
+    read_record,
+)
 from .splits import Fold
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
 
 PREDICTION_COLUMNS = ["slide_id", "patient_id", "fold", "task", "label", "score", "event"]
 BAG_ROOT_ATTRS = ("tiling", "stain", "target_mpp", "patch_size")
 FEATURE_ATTRS = ("encoder", "weights_sha256", "dim", "input_size", "mean", "std")
+OUTPUTS = {"binary": "probability", "nll": "risk = -expected survived bins", "cox": "risk = Cox log-hazard"}
 
 
 def evaluate_predictions(predictions: pd.DataFrame, kinds: dict[str, str], *, n_boot: int = M.N_BOOTSTRAP,
@@ -82,42 +93,41 @@ def write_plots(out_dir: Path, predictions: pd.DataFrame, kinds: dict[str, str],
 
 
 def run_config(cohort, config: TrainConfig, dataset: BagDataset, heads: list[Head], folds: list[Fold],
-               bin_cuts: dict) -> dict:
+               bin_cuts: dict[str, list[float]]) -> RunConfig:
     """``config.json``: every option, the model and heads, the data's provenance, and the bag settings.
-    ``bin_cuts`` (NLL survival, per task and fold): the times between the discrete-time bins;
-    bin k runs from cut k-1 to cut k, the first from -inf and the last to +inf."""
+    ``bin_cuts`` (NLL survival, per task and fold): the times between the discrete-time bins."""
     first_bag = Path(dataset.paths[0]) if dataset.paths else None
     feature_name = config.features or (available_features(first_bag)[0] if first_bag else None)
     source = Path(cohort.source)
-    tasks = []
-    for task, head in zip(cohort.tasks, heads):
-        tasks.append({"name": task.name, "kind": task.kind, "columns": list(task.columns), "n_outputs": head.n_outputs,
-                      "threshold": config.threshold if task.kind == "binary" else None,
-                      "output": "probability" if task.kind == "binary" else
-                      ("risk = -expected survived bins" if config.survival_loss == "nll" else "risk = Cox log-hazard")})
-    return M.json_safe({
-        "software": {"name": "pathology-mil", "version": __version__, "torch": torch.__version__},
-        "train": asdict(config),
-        "model": {"name": config.model, "in_dim": dataset.dim, "hidden": config.hidden, "dropout": config.dropout,
-                  "kwargs": config.model_kwargs},
-        "heads": tasks,
-        "features": feature_name,
-        "in_dim": dataset.dim,
-        "survival": None if not config.survival else {
-            "time_column": config.survival[0], "event_column": config.survival[1], "loss": config.survival_loss,
-            "time_unit": time_unit_note(config), "bin_cuts": bin_cuts},
-        "manifest": {"path": str(source.resolve()), "sha256": file_sha256(source) if source.is_file() else None,
-                     "n_slides": len(cohort.table)},
-        "folds": [{"fold": f.index, "test": cohort.table["slide_id"].iloc[f.test].tolist()} for f in folds],
-        "bag_settings": bag_settings(first_bag, feature_name) if first_bag else None,
-    })
+    specs = tuple(HeadSpec(name=task.name, kind=task.kind, columns=tuple(task.columns), n_outputs=head.n_outputs,
+                           threshold=config.threshold if task.kind == "binary" else None,
+                           output=OUTPUTS[task.kind if task.kind == "binary" else config.survival_loss])
+                  for task, head in zip(cohort.tasks, heads))
+    in_dim = int(dataset.dim)
+    return RunConfig(
+        software=Software(name=SOFTWARE, version=__version__, torch=str(torch.__version__)),
+        train=config,
+        model=ModelSpec(name=config.model, in_dim=in_dim, hidden=config.hidden, dropout=config.dropout,
+                        kwargs=dict(config.model_kwargs)),
+        heads=specs,
+        features=feature_name,
+        in_dim=in_dim,
+        survival=None if not config.survival else SurvivalSpec(
+            time_column=config.survival[0], event_column=config.survival[1], loss=config.survival_loss,
+            time_unit=time_unit_note(config), bin_cuts={k: tuple(map(float, v)) for k, v in bin_cuts.items()}),
+        manifest=ManifestRecord(path=str(source.resolve()), sha256=file_sha256(source) if source.is_file() else None,
+                                n_slides=len(cohort.table)),
+        folds=tuple(FoldSpec(fold=f.index, test=tuple(map(str, cohort.table["slide_id"].iloc[f.test])))
+                    for f in folds),
+        bag_settings=bag_settings(first_bag, feature_name) if first_bag else None,
+    )
 
 
 def time_unit_note(config: TrainConfig) -> str:
     return f"the unit of manifest column {config.survival[0]!r}" if config.survival else ""
 
 
-def bag_settings(path: Path, feature_name: str | None) -> dict | None:
+def bag_settings(path: Path, feature_name: str | None) -> BagSettings | None:
     """Tiling/stain/encoder settings of a ``pathology-bag/1`` bag, so ``pathology run`` can apply
     the model to new slides the same way; None for other feature files."""
     if path.suffix != ".h5":
@@ -134,7 +144,10 @@ def bag_settings(path: Path, feature_name: str | None) -> dict | None:
         ds = f.get(f"features/{feature_name}") if feature_name else None
         if isinstance(ds, h5py.Dataset):
             out["features"] = {k: _attr(ds.attrs[k]) for k in FEATURE_ATTRS if k in ds.attrs}
-    return out
+    try:
+        return read_record(BagSettings, out)
+    except FieldError as exc:
+        raise BagError(f"{path}: attribute {exc.where!r} {exc.problem}") from None
 
 
 def _attr(value):

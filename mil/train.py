@@ -9,7 +9,8 @@ fold; survival uses the discrete-time NLL over 4 time bins at the training fold'
 quantiles (default) or the Cox partial likelihood. With the same seed, a CPU run gives the
 same metrics (seeded torch, deterministic algorithms, seeded bag order and subsampling).
 
-Run folder (docs/architecture.md, "Run folders"; written by :mod:`.runfolder`): ``config.json``, ``metrics.json``,
+Run folder (docs/architecture.md, "Run folders"; written by :mod:`.runfolder`): ``config.json`` (schema
+``mil-run/1``, :mod:`.runconfig`, which also holds :class:`TrainConfig`), ``metrics.json``,
 ``predictions.csv``, ``fold_<k>/model.safetensors``, ``roc_<task>.png``, ``km_<task>.png``.
 """
 
@@ -19,7 +20,6 @@ import contextlib
 import copy
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,8 @@ from . import metrics as M
 from .data import BagDataset
 from .losses import binary_loss, cox_loss, nll_survival_loss, risk_from_hazards, survival_bins, time_to_bin
 from .models import Head, MILModel, create_model
+from .runconfig import CONFIG_NAME, TrainConfig
+from .runconfig import SURVIVAL_LOSSES as SURVIVAL_LOSSES  # re-exported with TrainConfig for mil.cli.train
 from .runfolder import (
     PREDICTION_COLUMNS,
     evaluate_predictions,
@@ -45,47 +47,6 @@ from .runfolder import (
 from .splits import Fold, make_folds
 
 log = logging.getLogger(__name__)
-
-SURVIVAL_LOSSES = ("nll", "cox")
-
-
-@dataclass
-class TrainConfig:
-    """Every option of ``mil train`` (saved in ``config.json``)."""
-
-    model: str = "abmil"
-    targets: tuple[str, ...] = ()
-    survival: tuple[str, str] | None = None       # (time column, event column)
-    folds: int = 5
-    seed: int = 0
-    epochs: int = 50
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    dropout: float = 0.25
-    hidden: int = 256
-    batch_size: int = 8                           # bags per optimizer step (gradient accumulation)
-    patience: int = 10                            # epochs without a better validation loss before stopping
-    val_fraction: float = 0.2
-    max_instances: int | None = None              # random subset of larger bags in training
-    in_memory: bool = False
-    features: str | None = None
-    device: str = "auto"
-    survival_loss: str = "nll"
-    survival_bins: int = 4
-    threshold: float = M.THRESHOLD
-    n_bootstrap: int = M.N_BOOTSTRAP
-    model_kwargs: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.targets = tuple(self.targets)
-        self.survival = tuple(self.survival) if self.survival else None
-        if self.survival_loss not in SURVIVAL_LOSSES:
-            raise InputError(f"survival_loss must be one of {', '.join(SURVIVAL_LOSSES)}, got {self.survival_loss!r}")
-        for name in ("epochs", "batch_size", "hidden", "survival_bins"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.val_fraction < 1:
-            raise InputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
 class TrainProgress:
@@ -390,7 +351,7 @@ def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
             rows += prediction_rows(cohort, fold.test, logits, config, fold.index)
             records.append(record)
             cuts.update({f"{name}/fold_{fold.index}": e[1:-1].tolist() for name, e in objective.edges.items()})
-    write_json(out_dir / "config.json", run_config(cohort, config, dataset, heads, folds, cuts))
+    run_config(cohort, config, dataset, heads, folds, cuts).write(out_dir / CONFIG_NAME)
     predictions = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
     write_csv(predictions, out_dir / "predictions.csv")
     tasks_metrics = evaluate_predictions(predictions, kinds, n_boot=config.n_bootstrap, seed=config.seed,

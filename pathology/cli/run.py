@@ -58,7 +58,7 @@ def run_command(
         run = load_run(model, device=device)
         tiling = tile_options(run.config, model, mpp=mpp, stain_ref=stain_ref)
         features = encoder_settings(run.config, model)
-        encoder = load_encoder(features["encoder"], weights, device=device)
+        encoder = load_encoder(features.encoder, weights, device=device)
         check_encoder(encoder, features)
         heat = HeatmapOptions(normalization=normalize, max_size=max_size, top_k=top_k)
     if not slides:

@@ -25,9 +25,9 @@ def out_of_fold_attention(run: Run, bags: dict[str, Path], out_dir: Path) -> dic
     """Write ``out_dir/<slide_id>.h5`` for every slide of the run's test folds, from its own
     fold's model; returns the slides' out-of-fold scores (slide -> task -> score)."""
     scores = {}
-    for model, fold in zip(run.models, run.config["folds"], strict=True):
+    for model, fold in zip(run.models, run.config.folds, strict=True):
         single = replace(run, models=[model])
-        for sid in fold["test"]:
+        for sid in fold.test:
             bag = read_features(bags[sid], run.features)
             scores[sid], attention = predict_bag(single, bag.features)
             write_attention(out_dir / f"{sid}.h5", sid, bag.coords, attention, single, bag.name)

@@ -23,7 +23,7 @@ from rich.console import Console
 from mil.console import RichProgress
 from mil.manifest import load_manifest
 from mil.metrics import json_safe
-from mil.predict import load_run
+from mil.predict import Run, load_run
 from mil.train import TrainConfig, train_cross_validation
 
 from ..batch import Outcome, run_batch, status_path
@@ -156,9 +156,10 @@ def tumour_attention_precision(cohort, bags: dict[str, Path], slides: list[Slide
     return hits / total if total else float("nan")
 
 
-def demo_report(out: Path, run, cohort, scores: dict[str, dict[str, float]], metrics: dict, precision: float) -> Path:
+def demo_report(out: Path, run: Run, cohort, scores: dict[str, dict[str, float]], metrics: dict,
+                precision: float) -> Path:
     """report.html: metrics, ROC/KM pictures, then every slide with its out-of-fold calls and heatmaps."""
-    thresholds = {h["name"]: h.get("threshold") for h in run.config["heads"]}
+    thresholds = run.config.thresholds
     reports = []
     for sid in cohort.table["slide_id"]:
         folder = out / "heatmaps" / sid
@@ -176,7 +177,7 @@ def demo_report(out: Path, run, cohort, scores: dict[str, dict[str, float]], met
     figures = sorted((out / "run").glob("roc_*.png")) + sorted((out / "run").glob("km_*.png"))
     return write_report(reports, out, title="pathology demo · synthetic cohort", model=str((out / "run").resolve()),
                         metrics=rows, figures=figures,
-                        notes=[f"Out-of-fold predictions of {run.config['model']['name']} "
+                        notes=[f"Out-of-fold predictions of {run.config.model.name} "
                                f"({len(run.models)}-fold patient-level cross-validation); each slide's scores and "
                                "heatmaps come from the fold model that did not train on it.",
                                f"Tumour task: {precision:.0%} of the top-{TOP_K} attention patches of tumour slides "

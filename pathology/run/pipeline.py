@@ -53,9 +53,6 @@ class RunContext:
     def bags(self) -> Path:
         return self.out / "bags"
 
-    def thresholds(self) -> dict[str, float | None]:
-        return {h["name"]: h.get("threshold") for h in self.run.config.get("heads", [])}
-
 
 def run_slide(slide: SlideInput, advance: Callable[[int], None], *, ctx: RunContext) -> Outcome:
     """Tile, embed, predict and draw one slide; records its :class:`SlideReport` in ``ctx``.
@@ -70,7 +67,7 @@ def run_slide(slide: SlideInput, advance: Callable[[int], None], *, ctx: RunCont
     embedded = embed_bag(bag, ctx.encoder, ctx.embed, advance)
     scores, n = predict_file(ctx.run, sid, bag, ctx.out, ctx.run.features)
     heatmap_slide(bag, attention_file(ctx.out / "attention" / f"{sid}.h5"), ctx.out / "heatmaps", ctx.heatmap)
-    thresholds = ctx.thresholds()
+    thresholds = ctx.run.config.thresholds
     folder = ctx.out / "heatmaps" / sid
     tasks = [TaskResult(task, kind, scores[task], thresholds.get(task) if kind == "binary" else None,
                         folder / f"{safe_name(task)}.heatmap.png") for task, kind in ctx.run.kinds.items()]
