@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
-import functools
 import logging
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from ..batch import run_batch, status_path, summary_table
 from ..cores import available_cores
-from ..embed.run import DTYPES, EmbedOptions, embed_job, pending_patches
-from ..encoders import ENCODERS, load_encoder
+from ..embed.run import DTYPES, EmbedOptions, pending_patches
+from ..embed.stage import EncoderChoice, embed_stage
+from ..encoders import ENCODERS
 from ..inputs import expand_bags, parse_shard, take_shard
-from .common import Device, Quiet, Shard, Verbose, exit_if_failed, renamed, reported, setup_logging
+from .common import (
+    Address,
+    CpusPerWorker,
+    Device,
+    Executor,
+    ExecutorChoice,
+    ExecutorName,
+    GpusPerWorker,
+    Quiet,
+    Shard,
+    Verbose,
+    exit_if_failed,
+    renamed,
+    reported,
+    setup_logging,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +70,10 @@ def embed_command(
     random_weights: Annotated[bool, typer.Option("--random-weights", hidden=True,
                                                  help="Skip loading weights (tests, benchmarks).")] = False,
     shard: Shard = None,
+    executor: Executor = ExecutorName.local,
+    address: Address = None,
+    cpus_per_worker: CpusPerWorker = None,
+    gpus_per_worker: GpusPerWorker = None,
     old_workers: Annotated[int | None, typer.Option("--workers", hidden=True,
                                                     help="Renamed --loader-workers.")] = None,
     verbose: Verbose = False,
@@ -69,25 +88,29 @@ def embed_command(
     """
     console = setup_logging(verbose, quiet)
     loader_workers = renamed(old_workers, loader_workers, "pathology embed --workers", "--loader-workers")
+    choice = ExecutorChoice(executor.value, 1, address, cpus_per_worker=cpus_per_worker,
+                            gpus_per_worker=gpus_per_worker)
+    threads = choice.worker_threads() or available_cores()
+    encoder_choice = EncoderChoice(encoder.value, weights, device=device, precision=precision.value,
+                                   compile=compile, random_weights=random_weights, threads=threads)
     with reported(console):
         shard_spec = parse_shard(shard)
         inputs = take_shard(expand_bags(bags), shard_spec)
-        model = load_encoder(encoder.value, weights, random_weights=random_weights, device=device,
-                             precision=precision.value, compile=compile)
+        # loaded here to refuse bad weights before any bag; the local executor embeds with it
+        model = (encoder_choice if choice.is_local else replace(encoder_choice, device="cpu", compile=False)).load()
+        engine = choice.build(states=[model])
     if not inputs:
         console.print("nothing to do: this shard holds no bags")
         return
-    if loader_workers and model.device.type == "cpu":
+    if loader_workers and model.device.type == "cpu" and choice.is_local:
         log.warning("--loader-workers %d on the CPU: loader processes compete with the encoder's threads for the "
                     "cores and make embedding slower (benchmarks/RESULTS.md); they pay with a GPU", loader_workers)
-    threads = available_cores()
-    torch.set_num_threads(threads)
     options = EmbedOptions(batch_size=batch_size, workers=loader_workers, dtype=dtype.value, overwrite=overwrite,
                            slides=slides, threads=threads)
-    job = functools.partial(embed_job, encoder=model, options=options)
     folder = inputs[0].path.parent
-    outcomes = run_batch(inputs, job, unit="patches", console=console,
-                         total=pending_patches(inputs, model.spec.name, overwrite),
-                         status=status_path(folder, shard_spec, stem="status.embed"))
+    outcomes = run_batch(inputs, embed_stage(encoder_choice, options), executor=engine, unit="patches",
+                         console=console, total=pending_patches(inputs, model.spec.name, overwrite),
+                         status=status_path(folder, shard_spec, stem="status.embed"),
+                         clean=sorted({b.path.parent for b in inputs}))
     console.print(summary_table(outcomes))
     exit_if_failed(outcomes)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from enum import Enum
 from typing import Annotated
 
@@ -10,18 +9,24 @@ import typer
 from rich.console import Console
 
 from ..batch import run_batch, status_path, summary_table
-from ..cores import share_cores
 from ..errors import InputError
 from ..ihc.deconvolution import BASES
 from ..ihc.markers import MARKERS, IntensityThresholds
 from ..ihc.nuclei import NucleusParams
-from ..ihc.pipeline import IHCOptions, ihc_job
+from ..ihc.pipeline import IHCOptions
 from ..ihc.results import write_scores_csv
+from ..ihc.stage import ihc_stage
 from ..inputs import expand_inputs, parse_shard, take_shard
 from ..tissue import TissueParams
 from .common import (
+    Address,
     Backend,
     BackendName,
+    CpusPerSlide,
+    Executor,
+    ExecutorChoice,
+    ExecutorName,
+    MemoryPerSlide,
     Mpp,
     Out,
     Quiet,
@@ -60,6 +65,10 @@ def ihc_command(
     = TissueParams().mask_mpp,
     shard: Shard = None,
     workers: Workers = 1,
+    executor: Executor = ExecutorName.local,
+    address: Address = None,
+    cpus_per_slide: CpusPerSlide = None,
+    memory_per_slide: MemoryPerSlide = None,
     old_marker: Annotated[MarkerName | None, typer.Option("-m", hidden=True, help="Renamed --marker "
                                                                                   "(-m is --model).")] = None,
     verbose: Verbose = False,
@@ -75,7 +84,9 @@ def ihc_command(
     """
     console = setup_logging(verbose, quiet)
     marker = renamed(old_marker, marker, "pathology ihc -m", "--marker")
+    choice = ExecutorChoice(executor.value, workers, address, cpus_per_slide, memory_per_slide)
     with reported(console):
+        engine = choice.build()
         if marker is None:
             raise InputError(f"--marker is required: one of {', '.join(MARKERS)}")
         shard_spec = parse_shard(shard)
@@ -88,10 +99,9 @@ def ihc_command(
     if not slides:
         console.print("nothing to do: this shard holds no slides")
         return
-    workers, threads = share_cores(len(slides), workers)
-    job = functools.partial(ihc_job, out=out, options=options, threads=threads)
-    outcomes = run_batch(slides, job, workers=workers, unit="tiles", console=console,
-                         status=status_path(out, shard_spec))
+    _, threads = choice.slide_threads(len(slides))
+    outcomes = run_batch(slides, ihc_stage(out, options, threads), executor=engine, unit="tiles", console=console,
+                         status=status_path(out, shard_spec), clean=[out])
     scores = write_scores_csv(out) if out.is_dir() else None
     Console().print(summary_table(outcomes, unit="tiles"))
     if scores:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -15,13 +14,32 @@ from mil.predict import load_run
 from ..batch import run_batch, status_path, summary_table
 from ..cores import available_cores
 from ..embed import EmbedOptions
-from ..encoders import load_encoder
+from ..embed.stage import EncoderChoice
 from ..heatmap import NORMALIZERS, HeatmapOptions
 from ..inputs import expand_inputs, parse_shard, take_shard
-from ..run.pipeline import RunContext, results_rows, run_slide, write_results
-from ..run.report import SlideReport, write_report
+from ..run.pipeline import PredictOptions, results_rows, run_stages, slide_reports, write_results
+from ..run.report import write_report
 from ..run.settings import check_encoder, encoder_settings, tile_options
-from .common import Device, Mpp, Out, Quiet, RunFolder, Shard, Verbose, exit_if_failed, reported, setup_logging
+from .common import (
+    Address,
+    CpusPerSlide,
+    CpusPerWorker,
+    Device,
+    Executor,
+    ExecutorChoice,
+    ExecutorName,
+    GpusPerWorker,
+    MemoryPerSlide,
+    Mpp,
+    Out,
+    Quiet,
+    RunFolder,
+    Shard,
+    Verbose,
+    exit_if_failed,
+    reported,
+    setup_logging,
+)
 
 
 def run_command(
@@ -41,6 +59,12 @@ def run_command(
     max_size: Annotated[int, typer.Option(min=16, help="Longer side of the heatmap pictures, px.")] = 1024,
     top_k: Annotated[int, typer.Option(min=0, help="Patches in each half of the heatmap montages.")] = 8,
     shard: Shard = None,
+    executor: Executor = ExecutorName.local,
+    address: Address = None,
+    cpus_per_slide: CpusPerSlide = None,
+    memory_per_slide: MemoryPerSlide = None,
+    cpus_per_worker: CpusPerWorker = None,
+    gpus_per_worker: GpusPerWorker = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -52,28 +76,31 @@ def run_command(
     A bad slide is reported and skipped; exit code 1 if any failed, 2 for bad input.
     """
     console = setup_logging(verbose, quiet)
+    choice = ExecutorChoice(executor.value, 1, address, cpus_per_slide, memory_per_slide, cpus_per_worker,
+                            gpus_per_worker)
     with reported(console):
         shard_spec = parse_shard(shard)
         slides = take_shard(expand_inputs(inputs), shard_spec)
-        run = load_run(model, device=device)
+        run = load_run(model, device=device if choice.is_local else "cpu")
         tiling = tile_options(run.config, model, mpp=mpp, stain_ref=stain_ref)
         features = encoder_settings(run.config, model)
-        encoder = load_encoder(features.encoder, weights, device=device)
-        check_encoder(encoder, features)
+        threads = available_cores() if choice.is_local else choice.slide_threads(len(slides))[1]
+        encoder = EncoderChoice(features.encoder, weights, device=device, threads=choice.worker_threads())
+        loaded = (encoder if choice.is_local else EncoderChoice(features.encoder, weights, device="cpu")).load()
+        check_encoder(loaded, features)  # the run's encoder and weights, before any slide is touched
         heat = HeatmapOptions(normalization=normalize, max_size=max_size, top_k=top_k)
+        options = PredictOptions(model, out, heat, device)
+        stages = run_stages(options, tiling, encoder, EmbedOptions(batch_size=batch_size, threads=threads), threads)
+        engine = choice.build(states=[None, loaded, run])
     if not slides:
         console.print("nothing to do: this shard holds no slides")
         return
-    threads = available_cores()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(available_cores())
     out.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(run, encoder, tiling, heat, out, threads, EmbedOptions(batch_size=batch_size, threads=threads))
-    outcomes = run_batch(slides, functools.partial(run_slide, ctx=ctx), unit="patches", console=console,
-                         status=status_path(out, shard_spec))
-    header, rows = results_rows(outcomes, ctx)
-    write_results(out / "results.csv", header, rows)
-    reports = [ctx.reports.get(o.slide_id) or SlideReport(o.slide_id, o.status, o.count, o.message)
-               for o in outcomes]
+    outcomes = run_batch(slides, stages, executor=engine, unit="patches", console=console,
+                         status=status_path(out, shard_spec), clean=[out])
+    reports = slide_reports(outcomes, run, out)
+    write_results(out / "results.csv", *results_rows(reports, outcomes, run))
     report = write_report(reports, out, title=f"pathology run · {model.name}", model=str(model.resolve()),
                           notes=["Scores are model outputs for research use, not a diagnosis. Heatmaps show "
                                  "where the model looked (attention), not where the disease is."])

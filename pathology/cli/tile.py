@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -11,15 +10,21 @@ import typer
 from rich.console import Console
 
 from ..batch import run_batch, status_path, summary_table
-from ..cores import share_cores
 from ..inputs import expand_inputs, parse_shard, take_shard
 from ..stain import METHODS
 from ..tiling.grid import GridSpec
-from ..tiling.pipeline import TileOptions, tile_job
+from ..tiling.pipeline import TileOptions
+from ..tiling.stage import tile_stage
 from ..tissue import TissueParams
 from .common import (
+    Address,
     Backend,
     BackendName,
+    CpusPerSlide,
+    Executor,
+    ExecutorChoice,
+    ExecutorName,
+    MemoryPerSlide,
     Mpp,
     Out,
     Quiet,
@@ -70,6 +75,10 @@ def tile_command(
     = TissueParams().mask_mpp,
     shard: Shard = None,
     workers: Workers = 1,
+    executor: Executor = ExecutorName.local,
+    address: Address = None,
+    cpus_per_slide: CpusPerSlide = None,
+    memory_per_slide: MemoryPerSlide = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -80,7 +89,9 @@ def tile_command(
     A bad slide is reported and skipped; the exit code is 1 if any slide failed, 2 for bad input.
     """
     console = setup_logging(verbose, quiet)
+    choice = ExecutorChoice(executor.value, workers, address, cpus_per_slide, memory_per_slide)
     with reported(console):
+        engine = choice.build()
         shard_spec = parse_shard(shard)
         slides = take_shard(expand_inputs(inputs), shard_spec)
         options = TileOptions(
@@ -91,9 +102,8 @@ def tile_command(
     if not slides:
         console.print("nothing to do: this shard holds no slides")
         return
-    workers, threads = share_cores(len(slides), workers)
-    job = functools.partial(tile_job, out=out, options=options, threads=threads)
-    outcomes = run_batch(slides, job, workers=workers, unit="patches", console=console,
-                         status=status_path(out, shard_spec))
+    _, threads = choice.slide_threads(len(slides))
+    outcomes = run_batch(slides, tile_stage(out, options, threads), executor=engine, unit="patches", console=console,
+                         status=status_path(out, shard_spec), clean=[out])
     Console().print(summary_table(outcomes))
     exit_if_failed(outcomes)

@@ -1,8 +1,10 @@
 """One slide through the whole chain with a trained model: tile → embed → predict → heatmap.
 
-Each stage reuses what is already there (a complete bag with the same tiling, features
-from the same encoder weights), so rerunning a batch after an interruption redoes only
-the missing work. Outputs of ``pathology run --out DIR``::
+Three stages (:mod:`pathology.jobs`): tile, embed (a worker keeps the encoder loaded) and
+predict (a worker keeps the run's fold models loaded), so any executor can stream slides
+through them. Each stage reuses what is already there (a complete bag with the same tiling,
+features from the same encoder weights), so rerunning a batch after an interruption redoes
+only the missing work. Outputs of ``pathology run --out DIR``::
 
     DIR/bags/<slide_id>.h5, DIR/bags/qc/<slide_id>.png     tiling (+ features)
     DIR/attention/<slide_id>.h5                            per-patch attention per task
@@ -16,86 +18,106 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from mil.predict import Run, predict_file
+import h5py
 
-from ..batch import Outcome
-from ..embed import EmbedOptions, embed_bag
-from ..encoders import Encoder
+from mil.predict import Run, load_run, predict_file
+
+from ..embed import EmbedOptions
+from ..embed.stage import EncoderChoice, embed_stage
 from ..errors import UserError
 from ..heatmap import HeatmapOptions, heatmap_slide
 from ..heatmap.files import safe_name
 from ..heatmap.sources import attention_file
 from ..inputs import SlideInput
+from ..jobs import Outcome, Stage
 from ..publish import publish_csv
-from ..tiling.pipeline import TileOptions, tile_slide
+from ..tiling.pipeline import TileOptions
+from ..tiling.stage import tile_stage
 from .report import SlideReport, TaskResult
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunContext:
-    """Everything a slide needs, built once per batch (the encoder and models stay loaded)."""
+@dataclass(frozen=True)
+class PredictOptions:
+    """Where the trained run is and where a slide's predictions and heatmaps go."""
 
-    run: Run
-    encoder: Encoder
-    tiling: TileOptions
-    heatmap: HeatmapOptions
+    run_dir: Path
     out: Path
-    threads: int = 2
-    embed: EmbedOptions = field(default_factory=EmbedOptions)
-    reports: dict[str, SlideReport] = field(default_factory=dict)
+    heatmap: HeatmapOptions
+    device: str = "auto"
 
     @property
     def bags(self) -> Path:
         return self.out / "bags"
 
+    def load(self) -> Run:
+        return load_run(self.run_dir, device=self.device)
 
-def run_slide(slide: SlideInput, advance: Callable[[int], None], *, ctx: RunContext) -> Outcome:
-    """Tile, embed, predict and draw one slide; records its :class:`SlideReport` in ``ctx``.
 
-    Raises a :class:`pathology.errors.UserError` (one line) for a bad slide; the batch reports it and goes on."""
+def predict_slide(slide: SlideInput, advance: Callable[[int], None], run: Run, *, options: PredictOptions) -> Outcome:
+    """Predict one tiled and embedded slide with every fold model and draw its heatmaps; the
+    scores travel back to the driver in ``Outcome.data``."""
     t0 = time.perf_counter()
     sid = slide.slide_id
-    tiled = tile_slide(slide.path, sid, ctx.bags, ctx.tiling, threads=ctx.threads)
-    bag = ctx.bags / f"{sid}.h5"
-    if tiled.status == "done" and tiled.count == 0:
-        raise UserError(f"{slide.path}: no tissue found (see {ctx.bags / 'qc' / (sid + '.png')})")
-    embedded = embed_bag(bag, ctx.encoder, ctx.embed, advance)
-    scores, n = predict_file(ctx.run, sid, bag, ctx.out, ctx.run.features)
-    heatmap_slide(bag, attention_file(ctx.out / "attention" / f"{sid}.h5"), ctx.out / "heatmaps", ctx.heatmap)
-    thresholds = ctx.run.config.thresholds
-    folder = ctx.out / "heatmaps" / sid
-    tasks = [TaskResult(task, kind, scores[task], thresholds.get(task) if kind == "binary" else None,
-                        folder / f"{safe_name(task)}.heatmap.png") for task, kind in ctx.run.kinds.items()]
-    ctx.reports[sid] = SlideReport(sid, "done", n, thumbnail=ctx.bags / "qc" / f"{sid}.png", tasks=tasks)
-    stages = "reused bag" if tiled.status == "skipped" else "tiled"
-    stages += ", reused features" if embedded.status == "skipped" else ", embedded"
-    calls = ", ".join(f"{t.task} {t.call if t.kind == 'binary' else 'risk'} {t.score:.2f}" for t in tasks)
-    return Outcome(sid, "done", n, time.perf_counter() - t0, f"{stages}; {calls}")
+    bag = options.bags / f"{sid}.h5"
+    with h5py.File(bag, "r") as f:
+        empty = len(f["coords"]) == 0
+    if empty:
+        raise UserError(f"{slide.path}: no tissue found (see {options.bags / 'qc' / (sid + '.png')})")
+    scores, n = predict_file(run, sid, bag, options.out, run.features)
+    heatmap_slide(bag, attention_file(options.out / "attention" / f"{sid}.h5"), options.out / "heatmaps",
+                  options.heatmap)
+    calls = ", ".join(f"{t.task} {t.call if t.kind == 'binary' else 'risk'} {t.score:.2f}"
+                      for t in task_results(run, sid, scores, options.out))
+    return Outcome(sid, "done", n, time.perf_counter() - t0, calls, data={"scores": scores})
 
 
-def results_rows(outcomes: list[Outcome], ctx: RunContext) -> tuple[list[str], list[dict]]:
+def run_stages(options: PredictOptions, tiling: TileOptions, encoder: EncoderChoice, embed: EmbedOptions,
+               threads: int) -> list[Stage]:
+    """tile → embed → predict and draw, each slide entering a stage as soon as it leaves the last."""
+    return [tile_stage(options.bags, tiling, threads), embed_stage(encoder, embed, bags_dir=options.bags),
+            Stage("predict", partial(predict_slide, options=options), setup=options.load)]
+
+
+def task_results(run: Run, slide_id: str, scores: dict[str, float], out: Path) -> list[TaskResult]:
+    """Each task's score and call (binary: at the run's cut-off) with its heatmap."""
+    thresholds = run.config.thresholds
+    folder = out / "heatmaps" / slide_id
+    return [TaskResult(task, kind, scores[task], thresholds.get(task) if kind == "binary" else None,
+                       folder / f"{safe_name(task)}.heatmap.png") for task, kind in run.kinds.items()]
+
+
+def slide_reports(outcomes: list[Outcome], run: Run, out: Path) -> list[SlideReport]:
+    """One report card per slide, from the outcomes the driver received."""
+    reports = []
+    for o in outcomes:
+        scores = o.data.get("scores")
+        tasks = task_results(run, o.slide_id, scores, out) if o.status == "done" and scores else []
+        reports.append(SlideReport(o.slide_id, o.status, o.count, o.message if o.status == "failed" else "",
+                                   thumbnail=out / "bags" / "qc" / f"{o.slide_id}.png", tasks=tasks))
+    return reports
+
+
+def results_rows(reports: list[SlideReport], outcomes: list[Outcome], run: Run) -> tuple[list[str], list[dict]]:
     """``results.csv``: one row per slide with each task's score, call and threshold."""
-    tasks = list(ctx.run.kinds.items())
     header = ["slide_id", "status", "patches"]
-    for task, kind in tasks:
+    for task, kind in run.kinds.items():
         header += [f"{task}_score", f"{task}_call", f"{task}_threshold"] if kind == "binary" else [f"{task}_risk"]
     header.append("message")
     rows = []
-    for o in outcomes:
+    for report, o in zip(reports, outcomes, strict=True):
         row: dict = {"slide_id": o.slide_id, "status": o.status, "patches": o.count, "message": o.message}
-        report = ctx.reports.get(o.slide_id)
-        if o.status == "done" and report:
-            for t in report.tasks:
-                if t.kind == "binary":
-                    row.update({f"{t.task}_score": f"{t.score:.6f}", f"{t.task}_call": t.call,
-                                f"{t.task}_threshold": t.threshold})
-                else:
-                    row[f"{t.task}_risk"] = f"{t.score:.6f}" if math.isfinite(t.score) else ""
+        for t in report.tasks:
+            if t.kind == "binary":
+                row.update({f"{t.task}_score": f"{t.score:.6f}", f"{t.task}_call": t.call,
+                            f"{t.task}_threshold": t.threshold})
+            else:
+                row[f"{t.task}_risk"] = f"{t.score:.6f}" if math.isfinite(t.score) else ""
         rows.append(row)
     return header, rows
 

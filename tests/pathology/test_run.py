@@ -92,7 +92,7 @@ def test_a_rerun_reuses_bags_and_features(trained, tmp_path):
     result = invoke("run", tmp_path / "s1.svs", "--model", trained / "model", "--out", out)
     assert result.exit_code == 0, result.output
     assert (out / "bags" / "s1.h5").stat().st_mtime_ns == stamp          # neither re-tiled nor re-embedded
-    assert "reused bag, reused features" in (out / "results.csv").read_text()
+    assert "tile: skipped, embed: skipped, predict: done" in (out / "results.csv").read_text()
     assert first.split("\n")[1].split(",")[:4] == (out / "results.csv").read_text().split("\n")[1].split(",")[:4]
 
 
