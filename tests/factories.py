@@ -46,13 +46,13 @@ DIM = 16
 
 
 def write_bag(path: Path, features: np.ndarray | dict[str, np.ndarray], *, coords: np.ndarray | None = None,
-              encoder: str = ENCODER, dtype: np.dtype | None = np.float16) -> Path:
+              encoder: str = ENCODER, dtype: np.dtype | None = np.float16, weights_sha256: str = "0" * 64) -> Path:
     """One bag in the ``pathology-bag/1`` layout, as `pathology tile` + `pathology embed` leave it.
 
     ``features``: one (N, D) array, stored as ``encoder``; or ``{encoder: array}`` for several
     feature sets (``{}``: a bag not embedded yet, ``coords`` give N). Stored as ``dtype``
     (float16, the default of `pathology embed`; None keeps the array's dtype). Coordinates
-    default to a 16-wide grid of 256-px patches."""
+    default to a 16-wide grid of 256-px patches; ``weights_sha256`` identifies the encoder's weights."""
     sets = features if isinstance(features, dict) else {encoder: features}
     if coords is None:
         n = len(next(iter(sets.values())))
@@ -63,12 +63,12 @@ def write_bag(path: Path, features: np.ndarray | dict[str, np.ndarray], *, coord
                        tiling=json.dumps({"target_mpp": 0.5, "patch_size": 256}), stain=json.dumps({"method": "none"}))
         f.create_dataset("coords", data=np.asarray(coords).astype(np.int64))
     for name, x in sets.items():
-        add_features(path, x, encoder=name, dtype=dtype)
+        add_features(path, x, encoder=name, dtype=dtype, weights_sha256=weights_sha256)
     return path
 
 
 def add_features(path: Path, features: np.ndarray, *, encoder: str = ENCODER,
-                 dtype: np.dtype | None = np.float16) -> Path:
+                 dtype: np.dtype | None = np.float16, weights_sha256: str = "0" * 64) -> Path:
     """Add ``/features/<encoder>`` to an existing bag (one from `pathology tile`, or
     :func:`write_bag`), laid out as `pathology embed` writes it: chunks of 1,024 rows and the
     encoder's attributes."""
@@ -76,7 +76,7 @@ def add_features(path: Path, features: np.ndarray, *, encoder: str = ENCODER,
     with h5py.File(path, "r+") as f:
         ds = f.require_group("features").create_dataset(
             encoder, data=x, chunks=(max(1, min(len(x), 1024)), *x.shape[1:]) if len(x) else None)
-        ds.attrs.update(encoder=encoder, weights_sha256="0" * 64, dim=x.shape[-1], input_size=224,
+        ds.attrs.update(encoder=encoder, weights_sha256=weights_sha256, dim=x.shape[-1], input_size=224,
                         mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
     return path
 
