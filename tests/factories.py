@@ -45,17 +45,50 @@ ENCODER = "toy-enc"
 DIM = 16
 
 
-def write_bag(path: Path, features: np.ndarray, *, coords: np.ndarray | None = None, encoder: str = ENCODER) -> Path:
-    """One bag in the ``pathology-bag/1`` layout with a float16 feature set."""
-    n = len(features)
-    coords = np.stack([np.arange(n) % 16 * 256, np.arange(n) // 16 * 256], 1) if coords is None else coords
+def write_bag(path: Path, features: np.ndarray | dict[str, np.ndarray], *, coords: np.ndarray | None = None,
+              encoder: str = ENCODER, dtype: np.dtype | None = np.float16, weights_sha256: str = "0" * 64) -> Path:
+    """One bag in the ``pathology-bag/1`` layout, as `pathology tile` + `pathology embed` leave it.
+
+    ``features``: one (N, D) array, stored as ``encoder``; or ``{encoder: array}`` for several
+    feature sets (``{}``: a bag not embedded yet, ``coords`` give N). Stored as ``dtype``
+    (float16, the default of `pathology embed`; None keeps the array's dtype). Coordinates
+    default to a 16-wide grid of 256-px patches; ``weights_sha256`` identifies the encoder's weights."""
+    sets = features if isinstance(features, dict) else {encoder: features}
+    if coords is None:
+        n = len(next(iter(sets.values())))
+        coords = np.stack([np.arange(n) % 16 * 256, np.arange(n) // 16 * 256], 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         f.attrs.update(schema="pathology-bag/1", slide_id=path.stem, target_mpp=0.5, patch_size=256,
                        tiling=json.dumps({"target_mpp": 0.5, "patch_size": 256}), stain=json.dumps({"method": "none"}))
-        f.create_dataset("coords", data=coords.astype(np.int64))
-        ds = f.create_dataset(f"features/{encoder}", data=features.astype(np.float16))
-        ds.attrs.update(encoder=encoder, weights_sha256="0" * 64, dim=features.shape[1], input_size=224,
+        f.create_dataset("coords", data=np.asarray(coords).astype(np.int64))
+    for name, x in sets.items():
+        add_features(path, x, encoder=name, dtype=dtype, weights_sha256=weights_sha256)
+    return path
+
+
+def add_features(path: Path, features: np.ndarray, *, encoder: str = ENCODER,
+                 dtype: np.dtype | None = np.float16, weights_sha256: str = "0" * 64) -> Path:
+    """Add ``/features/<encoder>`` to an existing bag (one from `pathology tile`, or
+    :func:`write_bag`), laid out as `pathology embed` writes it: chunks of 1,024 rows and the
+    encoder's attributes."""
+    x = np.asarray(features) if dtype is None else np.asarray(features).astype(dtype)
+    with h5py.File(path, "r+") as f:
+        ds = f.require_group("features").create_dataset(
+            encoder, data=x, chunks=(max(1, min(len(x), 1024)), *x.shape[1:]) if len(x) else None)
+        ds.attrs.update(encoder=encoder, weights_sha256=weights_sha256, dim=x.shape[-1], input_size=224,
                         mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+    return path
+
+
+def write_clam(path: Path, features: np.ndarray, coords: np.ndarray | None = None, name: str = "features") -> Path:
+    """A feature file of another toolkit: datasets at the root, CLAM's (N, D) or TRIDENT's
+    (1, N, D) ``/features`` (STAMP: ``name="feats"``), with optional ``/coords``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset(name, data=features)
+        if coords is not None:
+            f.create_dataset("coords", data=coords)
     return path
 
 

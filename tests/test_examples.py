@@ -14,6 +14,7 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)   # ~1 min alone on 2 cores; longer than the example's own 600-s limit below
 def test_features_made_by_clam_or_trident_train_and_predict(tmp_path):
     out = tmp_path / "clam"
     done = subprocess.run([sys.executable, str(EXAMPLES / "clam_trident_features.py"), str(out)],

@@ -220,8 +220,7 @@ def test_predict_without_manifest_skips_bad_bags(run, cohort, tmp_path):
     rng = np.random.default_rng(0)
     write_bag(bags / "narrow.h5", rng.normal(size=(9, DIM // 2)))               # wrong dimension
     write_bag(bags / "other.h5", rng.normal(size=(9, DIM)), encoder="other-enc")  # another encoder
-    with h5py.File(write_bag(bags / "reweighted.h5", rng.normal(size=(9, DIM))), "a") as f:  # other weights
-        f[f"features/{ENCODER}"].attrs["weights_sha256"] = "1" * 64
+    write_bag(bags / "reweighted.h5", rng.normal(size=(9, DIM)), weights_sha256="1" * 64)  # other weights
     result = mil("predict", "--model", run, "--bags", bags, "--out", tmp_path / "out")
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())

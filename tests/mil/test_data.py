@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import h5py
 import numpy as np
@@ -12,31 +11,7 @@ import torch
 
 from mil.data import BagDataset, BagError, available_features, find_bag, probe_bag, read_features
 from mil.manifest import load_manifest
-
-
-def write_bag(path, feature_sets: dict[str, np.ndarray], n: int | None = None):
-    """A pathology-bag/1 file with ``/coords`` and ``/features/<name>`` (float16 unless given)."""
-    n = n if n is not None else len(next(iter(feature_sets.values())))
-    with h5py.File(path, "w") as f:
-        f.attrs["schema"] = "pathology-bag/1"
-        f.attrs["slide_id"] = path.stem
-        f.create_dataset("coords", data=np.stack([np.arange(n) * 256, np.arange(n) * 512], 1).astype(np.int64))
-        if feature_sets:
-            f.create_group("features")
-        for name, x in feature_sets.items():
-            ds = f["features"].create_dataset(name, data=x)
-            ds.attrs["encoder"] = name
-            ds.attrs["dim"] = x.shape[-1]
-    return path
-
-
-def write_clam(path, x: np.ndarray, coords: np.ndarray | None = None, name: str = "features"):
-    """A CLAM (N, D) or TRIDENT (1, N, D) feature file: datasets at the root."""
-    with h5py.File(path, "w") as f:
-        f.create_dataset(name, data=x)
-        if coords is not None:
-            f.create_dataset("coords", data=coords)
-    return path
+from tests.factories import write_bag, write_clam
 
 
 def feats(n: int, d: int = 8, seed: int = 0, dtype=np.float16) -> np.ndarray:
@@ -45,14 +20,16 @@ def feats(n: int, d: int = 8, seed: int = 0, dtype=np.float16) -> np.ndarray:
 
 def test_our_bag_reads_float32_features_and_coords(tmp_path):
     x = feats(5)
-    bag = read_features(write_bag(tmp_path / "s1.h5", {"uni": x}))
+    coords = np.stack([np.arange(5) * 256, np.arange(5) * 512], 1)
+    bag = read_features(write_bag(tmp_path / "s1.h5", {"uni": x}, coords=coords))
     assert bag.name == "uni" and bag.features.dtype == np.float32 and bag.features.shape == (5, 8)
     np.testing.assert_array_equal(bag.features, x.astype(np.float32))
     assert bag.coords.dtype == np.int64 and bag.coords[3].tolist() == [768, 1536]
 
 
 def test_feature_set_choice(tmp_path):
-    path = write_bag(tmp_path / "s1.h5", {"uni": feats(4, 8), "resnet50": feats(4, 16, dtype=np.float32)})
+    path = write_bag(tmp_path / "s1.h5", {"uni": feats(4, 8), "resnet50": feats(4, 16, dtype=np.float32)},
+                     dtype=None)
     assert available_features(path) == ["resnet50", "uni"]
     assert read_features(path, "resnet50").features.shape == (4, 16)
     with pytest.raises(BagError, match=r"s1\.h5: the bag holds several feature sets \(resnet50, uni\); "
@@ -61,7 +38,7 @@ def test_feature_set_choice(tmp_path):
     with pytest.raises(BagError, match=r"s1\.h5: no feature set 'ctranspath' \(has: resnet50, uni\); "
                                         r"run `pathology embed`"):
         read_features(path, "ctranspath")
-    empty = write_bag(tmp_path / "s2.h5", {}, n=3)
+    empty = write_bag(tmp_path / "s2.h5", {}, coords=np.zeros((3, 2)))
     assert available_features(empty) == []
     with pytest.raises(BagError, match=r"s2\.h5: the bag holds no features yet; run `pathology embed`"):
         read_features(empty)
@@ -215,28 +192,41 @@ def test_nan_bag_fails_when_read(tmp_path, cohort):
         BagDataset(cohort, in_memory=True)
 
 
-def test_large_bag_loads_and_subsamples_deterministically(tmp_path):
-    n, d = 100_000, 1024
+def test_large_bag_loads_and_subsamples_deterministically(tmp_path, monkeypatch):
+    n, d = 100_000, 32
     x = np.zeros((n, d), np.float16)
     x[:, 0] = np.arange(n) % 2048      # the instance index, encoded exactly in float16
     x[:, 1] = np.arange(n) // 2048
-    write_bag(tmp_path / "big.h5", {"uni": x})
+    write_bag(tmp_path / "big.h5", {"uni": x})        # chunks of 1,024 rows, as `pathology embed` writes them
     (tmp_path / "m.csv").write_text("slide_id,er\nbig,1\n")
     cohort = load_manifest(tmp_path / "m.csv", targets=["er"], bags_dir=tmp_path)
     assert probe_bag(tmp_path / "big.h5") == (n, d)
 
-    t = time.perf_counter()
+    reads = []                          # rows returned by each read of the feature dataset
+    real = h5py.Dataset.__getitem__
+
+    def counted(self, key):
+        out = real(self, key)
+        if self.name == "/features/uni":
+            reads.append(len(out))
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counted)
     full = read_features(tmp_path / "big.h5")
-    full_s = time.perf_counter() - t
     assert full.features.shape == (n, d) and full.features.dtype == np.float32
     assert full.features[99_999, :2].tolist() == [99_999 % 2048, 99_999 // 2048]
+    assert reads == [n]
 
+    def chunk_reads(index):
+        """A sample reads the 1,024-row chunks that hold its rows, one at a time, each once."""
+        return [min(1024, n - 1024 * int(c)) for c in np.unique(index // 1024)]
+
+    reads.clear()
     ds = BagDataset(cohort, max_instances=4096, seed=7)
-    t = time.perf_counter()
     a = ds[0]
-    sample_s = time.perf_counter() - t
     idx = a["index"].numpy()
     assert a["x"].shape == (4096, d) and len(np.unique(idx)) == 4096 and np.all(np.diff(idx) > 0)
+    assert reads == chunk_reads(idx)                                   # never the whole bag at once
     decoded = a["x"][:, 0].numpy() + 2048 * a["x"][:, 1].numpy()
     np.testing.assert_array_equal(decoded, idx)                      # x rows are the indexed instances
     assert torch.equal(ds[0]["index"], a["index"])                    # same seed + epoch -> same subset
@@ -247,4 +237,7 @@ def test_large_bag_loads_and_subsamples_deterministically(tmp_path):
     ds.set_epoch(0)
     assert torch.equal(ds[0]["index"], a["index"])
     assert not torch.equal(BagDataset(cohort, max_instances=4096, seed=8)[0]["index"], a["index"])
-    assert sample_s < full_s      # a sample reads only its rows
+
+    reads.clear()
+    small = BagDataset(cohort, max_instances=16, seed=7)[0]["index"].numpy()
+    assert reads == chunk_reads(small) and sum(reads) <= 16 * 1024   # a small sample reads a sixth of the bag at most

@@ -6,7 +6,6 @@ import logging
 import math
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from mil.manifest import ManifestError, Task, load_manifest, parse_label
 from mil.stamp import slide_id_from_filename
 from pathology.errors import InputError
+from tests.factories import write_bag
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "data_manifests"
 
@@ -24,14 +24,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def bag(folder: Path, slide_id: str, encoders=("uni",)) -> Path:
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{slide_id}.h5"
-    with h5py.File(path, "w") as f:
-        f.attrs["schema"] = "pathology-bag/1"
-        f.create_dataset("coords", data=np.zeros((2, 2), np.int64))
-        for name in encoders:
-            f.create_dataset(f"features/{name}", data=np.ones((2, 4), np.float16))
-    return path
+    return write_bag(folder / f"{slide_id}.h5", {name: np.ones((2, 4)) for name in encoders})
 
 
 @pytest.mark.parametrize("cell, value", [

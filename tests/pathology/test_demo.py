@@ -12,6 +12,7 @@ from pathology.cli import app
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)   # ~1 min alone on 2 cores; the default 300 s is too close on a busy CI runner
 def test_small_demo_learns_the_cohort_and_finds_the_tumour(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--small", "--out", str(out)])

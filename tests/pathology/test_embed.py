@@ -147,11 +147,17 @@ def test_loader_workers_and_batch_size_do_not_change_features(bags):
 
 
 @pytest.mark.slow
-def test_a_cnn_encoder_embeds_through_the_cli(bags):
+def test_a_cnn_encoder_embeds_through_the_cli_beside_the_first_feature_set(bags):
+    assert invoke("embed", bags / "bags").exit_code == 0
+    first, first_attrs, _ = features(bags / "bags/syn.h5")
     result = invoke("embed", bags / "bags", "--encoder", "resnet50-trunc", "--random-weights", "--batch-size", "16")
     assert result.exit_code == 0, result.output
     feats, attrs, n = features(bags / "bags/syn.h5", "resnet50-trunc")
     assert feats.shape == (n, 1024) and attrs["weights_sha256"] == "random" and attrs["input_size"] == 224
-    # both feature sets now live side by side
+    # both feature sets now live side by side: the first is kept as it was
     with h5py.File(bags / "bags/syn.h5") as f:
-        assert sorted(f["features"]) == ["resnet50-trunc"]
+        assert sorted(f["features"]) == ["resnet50-trunc", "stain-texture"]
+    kept, kept_attrs, _ = features(bags / "bags/syn.h5")
+    assert np.array_equal(kept, first)
+    assert {k: np.asarray(v).tolist() for k, v in kept_attrs.items()} == \
+           {k: np.asarray(v).tolist() for k, v in first_attrs.items()}

@@ -20,14 +20,22 @@ from pathology.tissue import TissueParams
 runner = CliRunner()
 
 
-def test_real_ihc_image_her2(tmp_path, data):
+def test_real_ihc_image_scored_as_her2(tmp_path, data):
+    """ihc.png shows colonic glands stained for FHL2 (scikit-image), at no stated resolution:
+    scored here as HER2 at an assumed 0.5 µm/px, so no HER2 score is known to be right. What
+    is checked is what must hold on any image: the call follows the ASCO/CAP 2018 rule from
+    the reported counts, the counts agree wherever they are reported, the DAB-positive area
+    agrees with scikit-image, and every scored cell is outlined in its class colour."""
     image = data / "scikit-image" / "ihc.png"
     out = tmp_path / "out"
     result = runner.invoke(app, ["ihc", str(image), "--marker", "her2", "--out", str(out), "--mpp", "0.5"])
     assert result.exit_code == 0, result.output
     r = json.loads((out / "ihc.json").read_text())
-    # complete, intense membranes around most tumour cells: 3+, flagged as an aid
-    assert r["call"]["value"] == 3 and r["class_counts"]["strong_3plus"] > 0.5 * r["cells"] > 100
+    counts = np.array([r["class_counts"][k] for k in ("negative", "weak_1plus", "moderate_2plus", "strong_3plus")])
+    assert counts.sum() == r["cells"] > 100
+    share = counts / counts.sum()    # ASCO/CAP 2018, written out here: > 10 % of cells at 3+, 2+ or more, 1+ or more
+    expected = 3 if share[3] > 0.1 else 2 if share[2:].sum() > 0.1 else 1 if share[1:].sum() > 0.1 else 0
+    assert r["call"]["value"] == expected
     assert "not a diagnosis" in r["call"]["disclaimer"]
 
     # DAB-positive area agrees with a direct scikit-image computation on the same tissue pixels:
@@ -41,13 +49,13 @@ def test_real_ihc_image_her2(tmp_path, data):
     tissue = mask[rows][:, cols]
     direct = 100 * (6 * rgb2hed(rgb)[..., 2] >= r["thresholds_dab_od"]["weak"])[tissue].mean()
     assert abs(r["dab_positive_area_percent"] - direct) <= 1.0, (r["dab_positive_area_percent"], direct)
-    assert 60 <= direct <= 80
+    assert 5 < direct < 95                                      # neither none nor all: the agreement has teeth
 
     qc = np.asarray(Image.open(out / "qc" / "ihc.png").convert("RGB"))
-    assert qc.shape[1] == 1024 and qc.shape[0] > 1024          # the 256 µm crop at 2x, under a title bar
-    strong = np.all(qc == CLASS_COLOURS[3], axis=-1).sum()
-    negative = np.all(qc == CLASS_COLOURS[0], axis=-1).sum()
-    assert strong > 3 * negative > 0                            # mostly 3+ outlines, some negative stroma
+    assert qc.shape[1] == 1024 and qc.shape[0] > 1024          # 512 px = 256 µm at 0.5 µm/px, drawn at 2x
+    outline = np.array([np.all(qc == colour, axis=-1).sum() for colour in CLASS_COLOURS])
+    per_cell = outline[counts > 0] / counts[counts > 0]         # outline pixels per cell, by class
+    assert (outline[counts == 0] == 0).all() and per_cell.max() < 2 * per_cell.min()  # measured: 231-290
     for name in ("positivity", "intensity"):
         heat = np.asarray(Image.open(out / "maps" / f"ihc.{name}.png").convert("RGB"))
         assert heat.shape[1] == 512
@@ -56,12 +64,13 @@ def test_real_ihc_image_her2(tmp_path, data):
     assert len(tiles) == 1 and int(tiles[0]["cells"]) == r["cells"]
     with open(out / "scores.csv") as fh:
         scores = list(csv.DictReader(fh))
-    assert [s["slide_id"] for s in scores] == ["ihc"] and scores[0]["call_value"] == "3"
+    assert [s["slide_id"] for s in scores] == ["ihc"] and scores[0]["call_value"] == str(expected)
 
 
 def test_a_nuclear_marker_on_membranous_staining_is_flagged(tmp_path, data):
-    """ihc.png's DAB is membranous (HER2-like): scored as ER, the "positive nuclei" are brown
-    cell bodies several times the size of the negative nuclei, and the result says so."""
+    """ihc.png's DAB (FHL2) stains the gland cells' cytoplasm, not their nuclei: scored as ER,
+    the "positive nuclei" are brown cell bodies over twice the size of the negative nuclei,
+    and the result says so."""
     out = tmp_path / "out"
     result = runner.invoke(app, ["ihc", str(data / "scikit-image" / "ihc.png"), "--marker", "er", "--out", str(out),
                                  "--mpp", "0.5"])

@@ -76,6 +76,7 @@ def test_her2_score_matches_the_truth(tmp_path, fractions, expected):
     assert np.abs(found - np.array(truth["class_percent"])).max() <= 10
 
 
+@pytest.mark.slow   # renders and scores two whole synthetic slides
 def test_recipes_render_positive_and_negative_nuclear_ihc(tmp_path):
     results = {}
     for recipe in ("ihc-nuclear", "ihc-nuclear-negative"):

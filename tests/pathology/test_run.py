@@ -21,6 +21,7 @@ from pathology.synth import SynthConfig, write_synthetic_slide
 
 runner = CliRunner()
 PATCH = 128
+pytestmark = pytest.mark.slow   # every test needs the trained fixture: 6 slides tiled, embedded, trained
 
 
 def invoke(*args):

@@ -120,16 +120,25 @@ def test_plan_rejects_impossible_sizes():
 
 
 def test_manifest_loads_for_every_task(default_plan, tmp_path):
+    """Every label the loader reads is the plan's patient truth (unknown: NaN), slide by slide."""
     path = tmp_path / "manifest.csv"
     path.write_text(manifest_text(default_plan))
     cohort = load_manifest(path, targets=["tumor", "er", "pr", "her2"], survival=("os_time", "os_event"))
+    patients = {p["patient_id"]: p for p in default_plan.patients}
+    truth = [patients[s.patient_id] for s in default_plan.slides]
+    assert cohort.table["slide_id"].tolist() == [s.slide_id for s in default_plan.slides]
     assert len(cohort.table) == 48 and cohort.table["patient_id"].nunique() == 40
-    assert np.nansum(cohort.labels("tumor")) == 39 and not np.isnan(cohort.labels("tumor")).any()
-    er = cohort.labels("er")
-    assert np.isnan(er).sum() >= 9 + 3  # tumour-free slides and blanked labels
-    assert 0 < np.nanmean(er) < 1
+    np.testing.assert_array_equal(cohort.labels("tumor"), [float(p["tumor"]) for p in truth])
+    for marker in ("er", "pr", "her2"):   # no marker status without tumour, or when blanked
+        expected = [float(p[marker]) if p["tumor"] and marker not in p["unknown"] else np.nan for p in truth]
+        np.testing.assert_array_equal(cohort.labels(marker), expected)
+        assert 0 < np.nanmean(expected) < 1
     survival = cohort.labels("survival")
-    assert np.isnan(survival).any(axis=1).sum() >= 2 and np.nanmin(survival[:, 0]) >= 0.5
+    known = np.array(["os" not in p["unknown"] for p in truth])
+    assert np.isnan(survival[~known]).all() and (~known).sum() > 0
+    expected = [[p["os_time"], p["os_event"]] for p in truth if "os" not in p["unknown"]]
+    np.testing.assert_allclose(survival[known], expected, rtol=1e-5)  # written with 6 significant digits
+    assert np.nanmin(survival[:, 0]) >= 0.5   # the generator's floor on observed times (cohort._survival)
 
 
 def _tumour_stats(phenotype: Phenotype) -> dict[str, float]:

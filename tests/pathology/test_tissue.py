@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
+from skimage.color import rgb2gray
+from skimage.filters import threshold_otsu
 
 from pathology.errors import InputError
 from pathology.slide import open_slide
@@ -79,7 +81,12 @@ def test_tissue_between_pen_marks_is_kept(diagnostic):
     assert tissue.sum() > 20_000
     assert result.mask[tissue].mean() >= 0.99
     assert not result.pen[tissue].any()
-    assert 0.3 <= result.tissue_fraction <= 0.5  # the section minus the ink (measured 0.40)
+    # the section minus the ink: at least the obvious tissue, at most what is neither glass
+    # (bright and grey) nor ink by the RGB rules (measured 0.12 <= 0.40 <= 0.55)
+    glass = (rgb.min(axis=2) >= 200) & (np.ptp(rgb, axis=2) <= 20)
+    ink = np.any(list(ink_truth(rgb).values()), axis=0)
+    assert result.tissue_fraction == pytest.approx(result.mask.mean())
+    assert tissue.mean() <= result.tissue_fraction <= 1 - (glass | ink).mean()
 
 
 def test_red_pen_over_fat_is_not_mistaken_for_eosin(data):
@@ -125,7 +132,11 @@ def cmu(data):
 def test_real_slide_mask_is_plausible(cmu):
     (rgb, mpp), _ = cmu
     result = detect_tissue(rgb, mpp)
-    assert 0.25 <= result.tissue_fraction <= 0.55  # a strip of skin on glass (measured 0.385)
+    # a second implementation agrees: Otsu on grey levels with holes filled, as histolab's
+    # TissueMask does (measured IoU 0.83; the rules differ at the faint dermis edge)
+    grey = rgb2gray(rgb)
+    otsu = ndimage.binary_fill_holes(ndimage.binary_opening(grey < threshold_otsu(grey), np.ones((3, 3), bool)))
+    assert iou(result.mask, otsu) >= 0.75
     assert not result.pen.any()
     # the glass in the corners is not tissue; the middle of the strip is
     assert not result.mask[:10, :10].any() and not result.mask[:10, -10:].any()
