@@ -24,3 +24,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance for the whole test session (2 CPUs, like this machine); the Ray
+    executor joins it instead of starting its own."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

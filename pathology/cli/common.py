@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from ..batch import Outcome
 from ..cores import share_cores
@@ -101,10 +102,12 @@ class ExecutorChoice:
         """The executor; ``states`` are stage states already built here (used by the local executor)."""
         if self.is_local:
             return EXECUTORS["local"](workers=self.workers, states=states)
-        return EXECUTORS["ray"](address=self.address, cpus_per_slide=self.cpus_per_slide or DEFAULT_RAY_CPUS,
-                                memory_per_slide=parse_bytes(self.memory_per_slide),
-                                cpus_per_worker=self.cpus_per_worker or DEFAULT_RAY_CPUS,
-                                gpus_per_worker=self.gpus_per_worker)
+        executor = EXECUTORS["ray"](address=self.address, cpus_per_slide=self.cpus_per_slide or DEFAULT_RAY_CPUS,
+                                    memory_per_slide=parse_bytes(self.memory_per_slide),
+                                    cpus_per_worker=self.cpus_per_worker or DEFAULT_RAY_CPUS,
+                                    gpus_per_worker=self.gpus_per_worker)
+        executor.connect()  # now: no Ray, or no cluster at --address, is bad input before any slide
+        return executor
 
 
 DEFAULT_RAY_CPUS = 2.0
@@ -154,7 +157,7 @@ def bad_input(console: Console, exc: BaseException) -> typer.Exit:
     """Print ``exc`` as a bad-input error (one line per problem) and return the exit (code 2) to raise."""
     lines = [one_line(line) for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
     for line in lines:
-        console.print(f"[bold red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(EXIT_BAD_INPUT)
 
 

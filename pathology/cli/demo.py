@@ -9,6 +9,7 @@ from typing import Annotated
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mil.console import metrics_table
 from mil.models import MODELS
@@ -47,7 +48,7 @@ def demo_command(
         with reported(console):
             result = run_demo(options, console)
     except DemoError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
     Console().print(metrics_table(result.metrics["tasks"], title="Out-of-fold metrics (synthetic cohort)"))
     stages = ", ".join(f"{name.split(' ', 1)[1]} {s:.0f} s" for name, s in result.seconds.items())

@@ -8,10 +8,12 @@ from typing import Annotated
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..encoders.registry import ENCODERS, get_spec
 from ..encoders.weights import WeightsError, locate_weights
+from ..errors import one_line
 from .common import EXIT_FAILED, reported
 
 app = typer.Typer(help="Feature encoders: list them, fetch their weights.", no_args_is_help=True,
@@ -83,6 +85,6 @@ def fetch_command(
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(source.url, str(path), progress=True)
     except Exception as exc:  # noqa: BLE001 - network, authorization, disk: one line, with the likely cause
-        console.print(f"[bold red]error:[/] fetching {spec.name} failed: {' '.join(str(exc).split())[:300]}")
+        console.print(f"[bold red]error:[/] fetching {spec.name} failed: {escape(one_line(exc)[:300])}")
         raise typer.Exit(EXIT_FAILED) from None
     console.print(f"{spec.name}: weights at {path}")

@@ -76,7 +76,11 @@ class RayExecutor:
         ray = import_ray()
         if not ray.is_initialized():
             if self.address:
-                ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=False)
+                try:
+                    ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=False)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise InputError(f"--address {self.address}: cannot join a Ray cluster there "
+                                     f"({one_line(exc)[:200]})") from None
             else:
                 ray.init(num_cpus=available_cores(), include_dashboard=False, logging_level=logging.WARNING,
                          log_to_driver=False)

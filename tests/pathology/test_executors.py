@@ -50,13 +50,6 @@ def die_once(slide: SlideInput, advance) -> Outcome:
     return Outcome(slide.slide_id, "done", 1)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def slides(tmp_path: Path, names: list[str]) -> list[SlideInput]:
     return [SlideInput(n, tmp_path / f"{n}.svs") for n in names]
 

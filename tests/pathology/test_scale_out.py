@@ -1,0 +1,134 @@
+"""The batch commands on Ray give what they give locally; claims keep two drivers off one slide;
+a killed driver's rerun ends as a clean run would (issue 13)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pathology.batch import run_batch
+from pathology.cli import app
+from pathology.executors import LocalExecutor
+from pathology.inputs import expand_inputs
+from pathology.synth import SynthConfig, write_synthetic_slide
+from pathology.tiling.pipeline import TileOptions
+from pathology.tiling.stage import tile_stage
+
+pytest.importorskip("ray", reason="the ray extra")  # CI installs it with .[test]
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("slides")
+    for i in range(4):
+        write_synthetic_slide(folder / f"s{i}.svs", SynthConfig(width=2048, height=1536, mpp=0.5, seed=10 + i))
+    return folder
+
+
+def bag_content(path: Path) -> dict:
+    """Every dataset's bytes and every attribute of a bag but its creation time."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        out.update({f"@{k}": str(v) for k, v in f.attrs.items() if k != "created"})
+
+        def visit(name, node):
+            if isinstance(node, h5py.Dataset):
+                out[name] = node[()].tobytes()
+                out.update({f"{name}@{k}": str(v) for k, v in node.attrs.items() if k != "created"})
+        f.visititems(visit)
+    return out
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*") if p.name.endswith((".partial", ".claim", ".old")))
+
+
+def invoke(*args) -> object:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_ray_tiles_embeds_and_runs_as_local_does(slides, tmp_path, local_ray, data):
+    batch = [*sorted(slides.glob("*.svs")), data / "histolab" / "broken.svs"]
+    for name in ("local", "ray"):
+        result = invoke("tile", *batch, "--out", tmp_path / name, "--executor", name, "--target-mpp", "1.0",
+                        "--patch-size", "128")
+        assert result.exit_code == 1, result.output  # the broken slide fails alone
+        with open(tmp_path / name / "status.csv", newline="") as fh:
+            rows = {r["slide_id"]: r["status"] for r in csv.DictReader(fh)}
+        assert rows == {"s0": "done", "s1": "done", "s2": "done", "s3": "done", "broken": "failed"}
+        result = invoke("embed", tmp_path / name, "--executor", name)
+        assert result.exit_code == 0, result.output
+    for i in range(4):
+        local, remote = bag_content(tmp_path / "local" / f"s{i}.h5"), bag_content(tmp_path / "ray" / f"s{i}.h5")
+        features = "features/stain-texture"
+        assert np.allclose(np.frombuffer(local.pop(features), np.float16),
+                           np.frombuffer(remote.pop(features), np.float16), atol=1e-3)
+        assert local == remote  # tiling byte-identical, feature attrs identical
+    assert leftovers(tmp_path) == []
+
+
+def test_no_ray_is_one_line_and_exit_2(slides, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = invoke("tile", slides, "--out", tmp_path, "--executor", "ray")
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --executor ray needs Ray: pip install 'pathology-mil[ray]' (core Ray only)"
+
+
+def test_two_drivers_on_one_output_tile_each_slide_once(slides, tmp_path):
+    out = tmp_path / "bags"
+    stage = tile_stage(out, TileOptions(), threads=1)
+    batch = expand_inputs([str(slides)])
+    results: dict[str, list] = {}
+
+    def driver(name: str) -> None:
+        results[name] = run_batch(batch, stage, executor=LocalExecutor(), status=out / f"status.{name}.csv")
+
+    threads = [threading.Thread(target=driver, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in batch:
+        statuses = sorted(o.status for r in results.values() for o in r if o.slide_id == s.slide_id)
+        assert statuses in (["busy", "done"], ["done", "skipped"]), (s.slide_id, statuses)  # tiled once
+    assert leftovers(out) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_killed_driver_is_rerun_to_the_clean_result(slides, tmp_path):
+    many = tmp_path / "slides"
+    many.mkdir()
+    for i in range(8):
+        shutil.copy(slides / f"s{i % 4}.svs", many / f"c{i}.svs")
+    clean = tmp_path / "clean"
+    assert invoke("tile", many, "--out", clean, "--stain", "macenko").exit_code == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-c", "from pathology.cli import app; app()", "tile", str(many), "--out", str(out),
+           "--stain", "macenko"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path.cwd())
+    deadline = time.time() + 300
+    while not list(out.glob("*.h5")) and time.time() < deadline:  # at least one bag done, more under way
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list(out.glob("*.h5"))) < 8, "the run finished before it could be killed"
+    result = invoke("tile", many, "--out", out, "--stain", "macenko")
+    assert result.exit_code == 0, result.output
+    assert leftovers(out) == []
+    for i in range(8):
+        assert bag_content(out / f"c{i}.h5") == bag_content(clean / f"c{i}.h5")
