@@ -4,6 +4,7 @@ a killed driver's rerun ends as a clean run would (issue 13)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -130,5 +131,27 @@ def test_a_killed_driver_is_rerun_to_the_clean_result(slides, tmp_path):
     result = invoke("tile", many, "--out", out, "--stain", "macenko")
     assert result.exit_code == 0, result.output
     assert leftovers(out) == []
+    for i in range(8):
+        assert bag_content(out / f"c{i}.h5") == bag_content(clean / f"c{i}.h5")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_cluster_losing_a_node_mid_batch_still_finishes_every_slide(slides, tmp_path):
+    many = tmp_path / "slides"
+    many.mkdir()
+    for i in range(8):
+        shutil.copy(slides / f"s{i % 4}.svs", many / f"c{i}.svs")
+    out = tmp_path / "bags"
+    done = subprocess.run([sys.executable, "-m", "tests.pathology.cluster_batch", str(many), str(out)],
+                          capture_output=True, text=True, timeout=800, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"statuses"')))
+    assert report["nodes_alive"] == 1  # the worker node was lost
+    # every slide finished; "skipped" where the lost node had published the bag before it died
+    assert set(report["statuses"]) == {f"c{i}" for i in range(8)}
+    assert set(report["statuses"].values()) <= {"done", "skipped"}, report
+    clean = tmp_path / "clean"
+    assert invoke("tile", many, "--out", clean, "--stain", "macenko").exit_code == 0
     for i in range(8):
         assert bag_content(out / f"c{i}.h5") == bag_content(clean / f"c{i}.h5")
