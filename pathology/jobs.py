@@ -54,6 +54,7 @@ class Stage:
     cpus: float = 1.0
     gpus: float = 0.0
     memory: int | None = None          # bytes reserved per task or worker (Ray), None: no reservation
+    accelerated: bool = False          # its workers use a GPU where the cluster has one
 
 
 def as_stage(job: Job | Stage, name: str = "job") -> Stage:

@@ -91,7 +91,7 @@ def run_command(
         heat = HeatmapOptions(normalization=normalize, max_size=max_size, top_k=top_k)
         options = PredictOptions(model, out, heat, device)
         stages = run_stages(options, tiling, encoder, EmbedOptions(batch_size=batch_size, threads=threads), threads)
-        engine = choice.build(states=[None, loaded, run])
+        engine = choice.build(states=[None, loaded, None])
     if not slides:
         console.print("nothing to do: this shard holds no slides")
         return

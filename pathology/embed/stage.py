@@ -50,4 +50,4 @@ def _embed(slide: SlideInput, advance: Callable[[int], None], encoder: Encoder, 
 def embed_stage(choice: EncoderChoice, options: EmbedOptions, bags_dir: Path | None = None) -> Stage:
     """Embed each bag (or each slide's bag in ``bags_dir``) with the encoder ``choice`` loads."""
     return Stage("embed", partial(_embed, options=options, bags_dir=bags_dir), setup=choice.load,
-                 claim=partial(bag_of, bags_dir), cpus=choice.threads or 1)
+                 claim=partial(bag_of, bags_dir), cpus=choice.threads or 1, accelerated=True)

@@ -90,7 +90,7 @@ class RayExecutor:
             owner: str) -> None:
         ray = self.connect()
         stages = list(stages)
-        runners = [self._runner(ray, stage) for stage in stages]
+        runners = [self._runner(ray, stage, cpus) for stage, cpus in zip(stages, self._fit(ray, stages), strict=True)]
         todo: list[deque[int]] = [deque() for _ in stages]   # slides waiting for a free actor, per stage
         done: dict[int, list[Outcome]] = {i: [] for i in range(len(slides))}
         flying: dict[Any, tuple[int, int, Any]] = {}        # ref -> (slide, stage, actor or None)
@@ -128,21 +128,58 @@ class RayExecutor:
                 submit(i, k + 1)
             dispatch()
 
-    def _runner(self, ray, stage: Stage) -> tuple[str, Any]:
-        """("task", a remote function) for a stateless stage, ("actors", a pool) for one with state."""
+    def _runner(self, ray, stage: Stage, cpus: float) -> tuple[str, Any]:
+        """("task", a remote function of ``cpus`` CPUs) for a stateless stage, ("actors", a pool)
+        for one with state."""
         if stage.setup is None:
-            options = {"num_cpus": self.cpus_per_slide or stage.cpus, "max_retries": self.max_retries}
+            options = {"num_cpus": cpus, "max_retries": self.max_retries}
             memory = self.memory_per_slide or stage.memory
             if memory:
                 options["memory"] = memory
             return "task", ray.remote(_run_task).options(**options)
-        gpus = self.gpus_per_worker if self.gpus_per_worker is not None else stage.gpus
-        cpus = self.cpus_per_worker or stage.cpus
-        n = self.workers or (max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)) if gpus else 1)
+        gpus, n = self._worker_gpus(ray, stage), self._pool_size(ray, stage)
         actor = ray.remote(_StageWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=self.max_retries,
                                                  max_task_retries=self.max_retries)
         log.info("%s: %d worker(s) with %g CPU and %g GPU each", stage.name, n, cpus, gpus)
         return "actors", [actor.remote(stage) for _ in range(n)]
+
+    def _worker_gpus(self, ray, stage: Stage) -> float:
+        """GPUs per worker of a stage with state: ``gpus_per_worker``, else one where the cluster
+        has GPUs and the stage can use one."""
+        if self.gpus_per_worker is not None:
+            return self.gpus_per_worker
+        return 1.0 if stage.accelerated and ray.cluster_resources().get("GPU", 0) >= 1 else stage.gpus
+
+    def _fit(self, ray, stages: list[Stage]) -> list[float]:
+        """CPUs per task or worker of each stage, fitted to the cluster: a request larger than any
+        node would wait forever, and on a one-node cluster the workers (which hold their CPUs for
+        the whole batch) must leave room for a task, else neither could go on."""
+        nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+        biggest = max(nodes, default=1.0)
+        wanted = [(self.cpus_per_slide if s.setup is None else self.cpus_per_worker) or s.cpus for s in stages]
+        fitted = [min(c, biggest) for c in wanted]
+        workers = [k for k, s in enumerate(stages) if s.setup is not None]
+        tasks = [k for k, s in enumerate(stages) if s.setup is None]
+        if len(nodes) == 1 and workers and tasks:
+            task_need = min(max(fitted[k] for k in tasks), biggest - 0.5)
+            held = sum(fitted[k] * self._pool_size(ray, stages[k]) for k in workers)
+            if held > biggest - task_need:
+                for k in workers:
+                    fitted[k] *= (biggest - task_need) / held
+            left = biggest - sum(fitted[k] * self._pool_size(ray, stages[k]) for k in workers)
+            for k in tasks:
+                fitted[k] = min(fitted[k], left)
+        for stage, want, got in zip(stages, wanted, fitted, strict=True):
+            if got < want:
+                log.warning("%s: %g CPUs asked per %s, %.2g fit beside the others on this cluster (%s CPUs per node)",
+                            stage.name, want, "task" if stage.setup is None else "worker", got,
+                            ", ".join(f"{c:g}" for c in nodes))
+        return fitted
+
+    def _pool_size(self, ray, stage: Stage) -> int:
+        """Workers of a stage with state: ``workers``, else one per GPU they take, else one."""
+        gpus = self._worker_gpus(ray, stage)
+        return self.workers or (max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)) if gpus else 1)
 
     def _result(self, ray, ref, slide: SlideInput, stage: Stage) -> Outcome:
         """The outcome behind ``ref``; a worker that died beyond its retries fails the slide."""

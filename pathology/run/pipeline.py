@@ -59,10 +59,12 @@ class PredictOptions:
         return load_run(self.run_dir, device=self.device)
 
 
-def predict_slide(slide: SlideInput, advance: Callable[[int], None], run: Run, *, options: PredictOptions) -> Outcome:
+def predict_slide(slide: SlideInput, advance: Callable[[int], None], *, options: PredictOptions) -> Outcome:
     """Predict one tiled and embedded slide with every fold model and draw its heatmaps; the
-    scores travel back to the driver in ``Outcome.data``."""
+    scores travel back to the driver in ``Outcome.data``. The run's fold models are loaded for
+    each slide (a few small safetensors files: milliseconds), so this stage holds no worker."""
     t0 = time.perf_counter()
+    run = options.load()
     sid = slide.slide_id
     bag = options.bags / f"{sid}.h5"
     with h5py.File(bag, "r") as f:
@@ -81,7 +83,7 @@ def run_stages(options: PredictOptions, tiling: TileOptions, encoder: EncoderCho
                threads: int) -> list[Stage]:
     """tile → embed → predict and draw, each slide entering a stage as soon as it leaves the last."""
     return [tile_stage(options.bags, tiling, threads), embed_stage(encoder, embed, bags_dir=options.bags),
-            Stage("predict", partial(predict_slide, options=options), setup=options.load)]
+            Stage("predict", partial(predict_slide, options=options))]
 
 
 def task_results(run: Run, slide_id: str, scores: dict[str, float], out: Path) -> list[TaskResult]:

@@ -155,3 +155,23 @@ def test_a_cluster_losing_a_node_mid_batch_still_finishes_every_slide(slides, tm
     assert invoke("tile", many, "--out", clean, "--stain", "macenko").exit_code == 0
     for i in range(8):
         assert bag_content(out / f"c{i}.h5") == bag_content(clean / f"c{i}.h5")
+
+
+def test_pathology_run_on_ray_streams_the_three_stages_to_the_local_results(slides, tmp_path, local_ray, data):
+    """The checked-in 0.1.0 run (stain-texture features, default tiling) applied on both executors;
+    on this 2-CPU instance the embedding worker and the tiling tasks must share the CPUs."""
+    run = data / "runs" / "mil-run-0.1.0"
+    scores = {}
+    for name in ("local", "ray"):
+        out = tmp_path / name
+        result = invoke("run", slides / "s0.svs", slides / "s1.svs", "--model", run, "--out", out,
+                        "--executor", name)
+        assert result.exit_code == 0, result.output
+        with open(out / "results.csv", newline="") as fh:
+            scores[name] = {r["slide_id"]: (r["status"], float(r["tumor_score"]), float(r["survival_risk"]))
+                            for r in csv.DictReader(fh)}
+        assert leftovers(out) == []
+    assert scores["ray"].keys() == scores["local"].keys() == {"s0", "s1"}
+    for sid, (status, tumor, risk) in scores["local"].items():
+        assert status == "done" and scores["ray"][sid][0] == "done"
+        assert scores["ray"][sid][1:] == pytest.approx((tumor, risk), abs=1e-4)  # float16 features either way
