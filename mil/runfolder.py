@@ -160,6 +160,22 @@ def _attr(value):
     return value
 
 
+def remove_run(out_dir: Path) -> bool:
+    """Delete the files of a run already in ``out_dir`` (metrics.json first: it marks a complete
+    run), so a replacement with fewer folds or other tasks leaves none of the old run's models
+    or plots behind; anything else in the folder stays. Returns whether there was one."""
+    files = [out_dir / "metrics.json", out_dir / "config.json", out_dir / "predictions.csv",
+             *sorted(out_dir.glob("fold_*/model.safetensors")), *sorted(out_dir.glob("roc_*.png")),
+             *sorted(out_dir.glob("km_*.png"))]
+    found = [f for f in files if f.is_file()]
+    for f in found:
+        f.unlink()
+    for folder in out_dir.glob("fold_*"):
+        with contextlib.suppress(OSError):  # kept when it holds anything else
+            folder.rmdir()
+    return bool(found)
+
+
 def save_weights(model: MILModel, path: Path, config: TrainConfig, fold: int) -> None:
     """Fold weights as safetensors (never pickle), written atomically."""
     with publishing(path) as tmp:

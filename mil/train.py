@@ -37,6 +37,7 @@ from .runconfig import SURVIVAL_LOSSES as SURVIVAL_LOSSES  # re-exported with Tr
 from .runfolder import (
     PREDICTION_COLUMNS,
     evaluate_predictions,
+    remove_run,
     run_config,
     save_weights,
     time_unit_note,
@@ -334,10 +335,8 @@ def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
     heads = build_heads(cohort, config)
     device = resolve_device(config.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stale = out_dir / "metrics.json"
-    if stale.exists():  # metrics.json marks a complete run: never leave it beside a half-rewritten one
+    if remove_run(out_dir):  # before training: an interrupted replacement must not look complete
         log.warning("%s: replacing the run in this folder", out_dir)
-        stale.unlink()
     kinds = {t.name: t.kind for t in cohort.tasks}
     records, rows, cuts = [], [], {}
     progress.start(len(folds), config.epochs)

@@ -6,7 +6,7 @@
 
 Entries register themselves (:func:`register_encoder`); weights are read only from
 ``--weights`` or the local Hugging Face / torch caches, never downloaded implicitly
-(:mod:`.fetch` does that on request).
+(``pathology encoders fetch NAME`` does that on request).
 """
 
 from . import cnn, default, vit  # noqa: F401  (register the entries)

@@ -7,9 +7,11 @@ position grid); anything else that does not fit is left for the strict load to r
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 import torch
+import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
@@ -40,9 +42,27 @@ def add_prefix(prefix: str):
     return adapt
 
 
-def fit_pos_embed(key: str = "pos_embed", module: str = ""):
+def resample_like_dino(pos_embed: torch.Tensor, new_size: list[int], num_prefix_tokens: int) -> torch.Tensor:
+    """A square position grid resampled as DINO-style ViTs do it at run time, e.g. CONCH v1.5's
+    reference code, which keeps the 224-px grid of its checkpoint and interpolates it for each
+    448-px input: bicubic without antialiasing, at a scale factor of (new + 0.1) / old (DINO's
+    guard against rounding down). Doing the same once at load time gives the publisher's features."""
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old, dim = math.isqrt(grid.shape[1]), grid.shape[-1]
+    if old * old != grid.shape[1]:
+        raise ValueError(f"position grid of {grid.shape[1]} tokens is not square")
+    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, scale_factor=tuple((n + 0.1) / old for n in new_size), mode="bicubic",
+                         align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def fit_pos_embed(key: str = "pos_embed", module: str = "", resample=resample_abs_pos_embed):
     """An adapter that resamples a ViT's absolute position grid when the checkpoint was
-    saved for another input size (e.g. CONCH v1.5 runs at 448 px), as timm does."""
+    saved for another input size (e.g. CONCH v1.5 runs at 448 px): as timm does by default,
+    or with ``resample`` (``resample(pos_embed, new_size, num_prefix_tokens)``) as the
+    publisher's model does."""
 
     def adapt(state: StateDict, model: nn.Module) -> StateDict:
         target = model.get_submodule(module) if module else model
@@ -50,8 +70,7 @@ def fit_pos_embed(key: str = "pos_embed", module: str = ""):
         if full not in state or state[full].shape == target.pos_embed.shape:
             return state
         prefix = 0 if getattr(target, "no_embed_class", False) else target.num_prefix_tokens
-        resampled = resample_abs_pos_embed(state[full], new_size=list(target.patch_embed.grid_size),
-                                           num_prefix_tokens=prefix)
+        resampled = resample(state[full], new_size=list(target.patch_embed.grid_size), num_prefix_tokens=prefix)
         log.info("resampled %s from %s to %s", full, tuple(state[full].shape), tuple(resampled.shape))
         return {**state, full: resampled}
 

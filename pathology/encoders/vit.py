@@ -18,7 +18,7 @@ import torch
 from timm.layers import SwiGLUPacked
 from torch import nn
 
-from .adapters import add_prefix, fit_pos_embed, hf_dinov2_to_timm
+from .adapters import add_prefix, fit_pos_embed, hf_dinov2_to_timm, resample_like_dino
 from .registry import encoder_entry
 from .spec import EncoderSpec, WeightSource
 
@@ -109,7 +109,7 @@ def conch_v15() -> EncoderSpec:
     return EncoderSpec(
         name="conch-v1.5", dim=768, input_size=448, build=ConchV15,
         weights=_hf("MahmoodLab/conchv1_5", "pytorch_model_vision.bin", NC_ND),
-        adapt=fit_pos_embed(module="trunk"), precision="fp16",
+        adapt=fit_pos_embed(module="trunk", resample=resample_like_dino), precision="fp16",
         architecture="timm ViT-L/16 at 448 px + attentional pooler + LayerNorm",
         description="CONCH v1.5 vision tower (TITAN's patch encoder)")
 
