@@ -92,12 +92,16 @@ class TrainConfig:
     threshold: float = M.THRESHOLD
     n_bootstrap: int = M.N_BOOTSTRAP
     model_kwargs: dict = field(default_factory=dict)
+    threads: int | None = None                    # torch CPU threads per fold (None: all cores); fixed for
+                                                  # identical results between sequential and parallel folds
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "survival", tuple(self.survival) if self.survival else None)
         if self.survival_loss not in SURVIVAL_LOSSES:
             raise InputError(f"survival_loss must be one of {', '.join(SURVIVAL_LOSSES)}, got {self.survival_loss!r}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads must be at least 1, got {self.threads}")
         for name in ("epochs", "batch_size", "hidden", "survival_bins"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -20,6 +20,7 @@ import contextlib
 import copy
 import logging
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import pandas as pd
 import torch
 
 from pathology.errors import InputError
+from pathology.executors.ray_cluster import RayExecutor
 
 from . import metrics as M
 from .data import BagDataset
@@ -320,36 +322,76 @@ def prediction_rows(cohort, rows: np.ndarray, logits: list[dict], config: TrainC
     return out
 
 
+@dataclass
+class FoldResult:
+    """What one fold returns to the run: its out-of-fold predictions, training record and
+    survival bin cuts (its weights are already in ``fold_<k>/model.safetensors``)."""
+
+    rows: list[dict]
+    record: dict
+    cuts: dict[str, list[float]]
+
+
+def fit_fold(cohort, config: TrainConfig, fold: Fold, heads: list[Head], moments, out_dir: Path,
+             dataset: BagDataset | None = None, progress: TrainProgress | None = None) -> FoldResult:
+    """Train one fold, save its weights and predict its test slides. Self-contained (it opens the
+    bags itself unless given ``dataset``), so folds can run in parallel as Ray tasks; every random
+    draw is seeded by (seed, fold, epoch), so a fold's result does not depend on which others ran."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    dataset = dataset or BagDataset(cohort, None, features=config.features, max_instances=config.max_instances,
+                                    in_memory=config.in_memory, seed=config.seed)
+    with deterministic(device):
+        model, objective, record = train_fold(cohort, config, fold, dataset, heads, device, progress or TrainProgress(),
+                                              fold_normalization(moments, fold.train))
+        save_weights(model, out_dir / f"fold_{fold.index}" / "model.safetensors", config, fold.index)
+        logits, _ = forward_rows(model, dataset, fold.test, device)
+    rows = prediction_rows(cohort, fold.test, logits, config, fold.index)
+    cuts = {f"{name}/fold_{fold.index}": e[1:-1].tolist() for name, e in objective.edges.items()}
+    return FoldResult(rows, record, cuts)
+
+
+@dataclass(frozen=True)
+class RayFolds:
+    """Folds as Ray tasks (``mil train --executor ray``): each with ``cpus`` CPUs (its torch
+    threads) and ``gpus`` GPUs (fractions allowed), on the cluster at ``address`` or a local one."""
+
+    address: str | None = None
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
 def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
-                           progress: TrainProgress | None = None) -> dict:
+                           progress: TrainProgress | None = None, ray_folds: RayFolds | None = None) -> dict:
     """Cross-validate ``config.model`` on ``cohort`` and write the run folder; returns the metrics
-    (the content of ``metrics.json``)."""
+    (the content of ``metrics.json``). Folds run one after another, or in parallel on Ray."""
     progress = progress or TrainProgress()
     out_dir = Path(out_dir)
+    if ray_folds is not None and not config.threads:  # recorded: a sequential rerun with these threads matches
+        config = replace(config, threads=max(1, int(ray_folds.cpus)))
     if not cohort.tasks:
         raise InputError("nothing to train: give at least one --target or --survival")
     folds = make_folds(cohort, config.folds, seed=config.seed, val_fraction=config.val_fraction)
     dataset = BagDataset(cohort, None, features=config.features, max_instances=config.max_instances,
-                         in_memory=config.in_memory, seed=config.seed)
+                         in_memory=config.in_memory and ray_folds is None, seed=config.seed)
     moments = feature_moments(dataset)
     heads = build_heads(cohort, config)
-    device = resolve_device(config.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     if remove_run(out_dir):  # before training: an interrupted replacement must not look complete
         log.warning("%s: replacing the run in this folder", out_dir)
     kinds = {t.name: t.kind for t in cohort.tasks}
-    records, rows, cuts = [], [], {}
     progress.start(len(folds), config.epochs)
-    with deterministic(device):
+    if ray_folds is None:
+        results = []
         for fold in folds:
             progress.start_fold(fold.index, len(fold.train), len(fold.val), len(fold.test))
-            model, objective, record = train_fold(cohort, config, fold, dataset, heads, device, progress,
-                                                  fold_normalization(moments, fold.train))
-            save_weights(model, out_dir / f"fold_{fold.index}" / "model.safetensors", config, fold.index)
-            logits, _ = forward_rows(model, dataset, fold.test, device)
-            rows += prediction_rows(cohort, fold.test, logits, config, fold.index)
-            records.append(record)
-            cuts.update({f"{name}/fold_{fold.index}": e[1:-1].tolist() for name, e in objective.edges.items()})
+            results.append(fit_fold(cohort, config, fold, heads, moments, out_dir, dataset, progress))
+    else:
+        results = _folds_on_ray(ray_folds, cohort, config, folds, heads, moments, out_dir, progress)
+    records, rows, cuts = [r.record for r in results], [row for r in results for row in r.rows], {}
+    for r in results:
+        cuts.update(r.cuts)
     run_config(cohort, config, dataset, heads, folds, cuts).write(out_dir / CONFIG_NAME)
     predictions = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
     write_csv(predictions, out_dir / "predictions.csv")
@@ -365,3 +407,21 @@ def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
     return result
 
 
+def _folds_on_ray(ray_folds: RayFolds, cohort, config: TrainConfig, folds: list[Fold], heads, moments,
+                  out_dir: Path, progress: TrainProgress) -> list[FoldResult]:
+    """Every fold as a Ray task; results in fold order. A worker that dies is retried; a fold that
+    fails with a user error (a degenerate split) fails the run as it would sequentially."""
+    ray = RayExecutor(address=ray_folds.address).connect()
+    task = ray.remote(fit_fold).options(num_cpus=ray_folds.cpus, num_gpus=ray_folds.gpus, max_retries=3)
+    pending = {task.remote(cohort, config, fold, heads, moments, out_dir): fold for fold in folds}
+    results: dict[int, FoldResult] = {}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        fold = pending.pop(ready[0])
+        try:
+            results[fold.index] = ray.get(ready[0])
+        except ray.exceptions.RayTaskError as exc:
+            raise exc.as_instanceof_cause() from None  # the fold's own error, as a sequential run raises it
+        record = results[fold.index].record
+        progress.end_fold(fold.index, record["best_epoch"], record["stopped_early"])
+    return [results[f.index] for f in folds]

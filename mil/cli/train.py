@@ -9,13 +9,24 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pathology.cli.common import Device, Out, Quiet, Verbose, renamed, reported, setup_logging
+from pathology.cli.common import (
+    Address,
+    Device,
+    Executor,
+    ExecutorName,
+    Out,
+    Quiet,
+    Verbose,
+    renamed,
+    reported,
+    setup_logging,
+)
 from pathology.errors import InputError
 
 from ..console import RichProgress, metrics_table
 from ..manifest import load_manifest
 from ..models import MODELS
-from ..train import SURVIVAL_LOSSES, TrainConfig, train_cross_validation
+from ..train import SURVIVAL_LOSSES, RayFolds, TrainConfig, train_cross_validation
 from .options import Clinical, Survival, Targets, split_survival, split_targets
 
 Arch = Enum("Arch", {n: n for n in sorted(MODELS)}, type=str)
@@ -53,6 +64,14 @@ def train_command(
     bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples (of patients) for the 95% CIs.")]
     = DEFAULTS.n_bootstrap,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a complete run in --out.")] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads per fold (default: all cores; "
+                                                            "with --executor ray: --cpus-per-fold).")] = None,
+    executor: Executor = ExecutorName.local,
+    address: Address = None,
+    cpus_per_fold: Annotated[float, typer.Option(min=0.1, help="Ray: CPUs per fold task (its torch threads).")]
+    = 1.0,
+    gpus_per_fold: Annotated[float, typer.Option(min=0.0, help="Ray: GPUs per fold task (fractions share a "
+                                                               "GPU).")] = 0.0,
     old_model: Annotated[Arch | None, typer.Option("--model", hidden=True, help="Renamed --arch "
                                                                                 "(--model is a run folder).")] = None,
     verbose: Verbose = False,
@@ -67,7 +86,8 @@ def train_command(
                              epochs=epochs, lr=lr, weight_decay=weight_decay, dropout=dropout, hidden=hidden,
                              batch_size=batch_size, patience=patience, max_instances=max_instances,
                              in_memory=in_memory, features=features, device=device,
-                             survival_loss=survival_loss.value, n_bootstrap=bootstrap)
+                             survival_loss=survival_loss.value, n_bootstrap=bootstrap, threads=threads)
+        ray_folds = None if executor.value == "local" else RayFolds(address, cpus_per_fold, gpus_per_fold)
         if not targets and surv is None:
             raise InputError("nothing to train: give at least one --target or --survival")
         if (out / "metrics.json").exists() and not overwrite:
@@ -75,7 +95,7 @@ def train_command(
         cohort = load_manifest(manifest, targets=targets, survival=surv, bags_dir=bags, features=features,
                                clinical=clinical)
         with RichProgress(console) as progress:
-            result = train_cross_validation(cohort, config, out, progress)
+            result = train_cross_validation(cohort, config, out, progress, ray_folds=ray_folds)
     Console().print(metrics_table(result["tasks"], title=f"{arch.value}, {result['n_folds']} folds, "
                                                          f"{result['n_patients']} patients"))
     console.print(f"run written to {out}")
