@@ -67,7 +67,8 @@ def tile_layers(root: Path, record: dict) -> list[Layer]:
     for name, (column, top, label) in SCALES.items():
         raw = np.array([float(r[column]) for r in rows])
         ticks = [(f, f"{f * top:g}") for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
-        layers.append(Layer(name, "ihc", coords, size0, raw, Normalized(np.clip(raw / top, 0, 1), ticks, label),
+        scale = Normalized(np.clip(raw / top, 0, 1), ticks, label)
+        layers.append(Layer(name, "ihc", coords, size0, raw, {"fixed": scale},
                             ends=(f"highest {name}", f"lowest {name}")))
     return layers
 

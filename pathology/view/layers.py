@@ -21,11 +21,16 @@ from PIL import Image
 from ..heatmap.overlay import colour_lut
 from ..heatmap.raster import OutputGrid, paint_mean
 from ..heatmap.run import ranks
-from ..heatmap.scores import Normalized, extremes
+from ..heatmap.scores import NORMALIZERS, Normalized, extremes, normalize
 
 CELL_FRACTION = 4            # picture pixels per box side
 MAX_PIXELS = 4096 * 4096     # a larger picture takes coarser cells
 EXTREMES = 8                 # boxes listed at each end (the run's default montage size)
+
+
+def attention_scales(raw: np.ndarray) -> dict[str, Normalized]:
+    """Attention on every colour scale of ``pathology heatmap`` (percentile first, its default)."""
+    return {name: normalize(raw, name) for name in NORMALIZERS}
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class Layer:
     coords: np.ndarray          # (N, 2) level-0 top-left corners
     size0: tuple[float, float]  # level-0 box width, height
     raw: np.ndarray             # (N,) scores as recorded
-    normalized: Normalized      # scores in [0, 1] for the colours, and the colour bar's ticks
+    scales: dict[str, Normalized]  # colour scales by name: scores in [0, 1] and the colour bar's ticks
     ends: tuple[str, str] = ("highest attention", "lowest attention")
     cmap: str = "jet"
 
@@ -54,11 +59,11 @@ class Layer:
             cell *= 2
         return cell
 
-    def picture(self, dimensions: tuple[int, int]) -> bytes:
-        """The RGBA PNG over the whole slide: colour where a box is, transparent elsewhere."""
+    def picture(self, dimensions: tuple[int, int], scale: str) -> bytes:
+        """The RGBA PNG over the whole slide on colour ``scale``: colour where a box is, transparent elsewhere."""
         cell = self.cell(dimensions)
         grid = OutputGrid(math.ceil(dimensions[0] / cell), math.ceil(dimensions[1] / cell), (cell, cell), 0.0)
-        mean, covered = paint_mean(grid, self.coords, np.asarray(self.size0, np.float64), self.normalized.values)
+        mean, covered = paint_mean(grid, self.coords, np.asarray(self.size0, np.float64), self.scales[scale].values)
         rgba = np.zeros((grid.height, grid.width, 4), np.uint8)
         rgba[..., :3] = colour_lut(self.cmap)[np.clip(np.rint(mean * 255), 0, 255).astype(np.intp)]
         rgba[..., 3] = np.where(covered, 255, 0)
@@ -66,8 +71,9 @@ class Layer:
         Image.fromarray(rgba, "RGBA").save(buffer, format="PNG", compress_level=3)
         return buffer.getvalue()
 
-    def describe(self, dimensions: tuple[int, int], picture_url: str) -> dict:
-        """What the page needs: the picture and its level-0 width, the colour bar, the boxes at both ends."""
+    def describe(self, dimensions: tuple[int, int], url: str) -> dict:
+        """What the page needs: per colour scale the picture (``url/<scale>.png``) and the colour bar;
+        the pictures' level-0 width; the boxes at both ends."""
         cell = self.cell(dimensions)
         lut = colour_lut(self.cmap)
         top, low = extremes(self.raw, EXTREMES)
@@ -78,8 +84,9 @@ class Layer:
             return [{"x": int(self.coords[i, 0]), "y": int(self.coords[i, 1]), "w": round(float(w), 1),
                      "h": round(float(h), 1), "value": float(self.raw[i]), "rank": int(rank[i])} for i in rows]
 
-        return {"name": self.name, "group": self.group, "picture": picture_url,
+        scales = [{"name": name, "picture": f"{url}/{name}.png", "label": scale.label,
+                   "ticks": [[float(p), t] for p, t in scale.ticks]} for name, scale in self.scales.items()]
+        return {"name": self.name, "group": self.group, "scales": scales,
                 "width0": cell * math.ceil(dimensions[0] / cell), "boxes": len(self.raw),
                 "colours": ["#{:02x}{:02x}{:02x}".format(*lut[i]) for i in np.linspace(0, 255, 11).round().astype(int)],
-                "ticks": [[float(p), t] for p, t in self.normalized.ticks], "label": self.normalized.label,
                 "ends": list(self.ends), "top": boxes(top), "bottom": boxes(low)}

@@ -38,6 +38,14 @@ def _call_cells(entry: Entry, columns: list[str]) -> str:
     return "".join(cells)
 
 
+def _thumbnail(catalog: Catalog, entry: Entry) -> str:
+    """The slide's QC picture from tiling (thumbnail, tissue and patch grid), when there is one."""
+    if not catalog.path("bags", "qc", f"{entry.slide_id}.png").is_file():
+        return ""
+    src = f"/bags/qc/{quote(entry.slide_id, safe='')}.png"
+    return f'<a href="{src}"><img class="thumb" src="{src}" alt="" loading="lazy"></a>'
+
+
 def index_page(catalog: Catalog, query: str = "", page: int = 1, has_report: bool = False) -> str:
     """The slide list: a search box, one row per slide with its calls, and page links."""
     entries, total = catalog.search(query, page, PER_PAGE)
@@ -49,7 +57,8 @@ def index_page(catalog: Catalog, query: str = "", page: int = 1, has_report: boo
         name = html.escape(e.slide_id)
         link = name if e.status == "failed" else f'<a href="{slide_url(e.slide_id)}">{name}</a>'
         status = html.escape(e.status) + (f' <span class="msg">{html.escape(e.message)}</span>' if e.message else "")
-        rows.append(f"<tr><td>{link}</td><td>{status}</td>{_call_cells(e, catalog.columns)}</tr>")
+        rows.append(f"<tr><td>{_thumbnail(catalog, e)}</td><td>{link}</td><td>{status}</td>"
+                    f"{_call_cells(e, catalog.columns)}</tr>")
 
     def page_link(n: int, text: str) -> str:
         params = urlencode({k: v for k, v in (("q", query), ("page", n)) if v})
@@ -67,7 +76,7 @@ def index_page(catalog: Catalog, query: str = "", page: int = 1, has_report: boo
             f'<div class="meta">{html.escape(str(catalog.root))} · {catalog.kind} · {shown}{report}</div></header>'
             f'<form method="get" action="/"><input type="search" name="q" value="{html.escape(query)}" '
             f'placeholder="slide id or call" autofocus> <button>search</button></form>'
-            f'<table class="slides"><thead><tr><th>slide</th><th>status</th>{head}</tr></thead>'
+            f'<table class="slides"><thead><tr><th></th><th>slide</th><th>status</th>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table><nav class="pages">{" · ".join(nav)}</nav>'
             f'<footer>pathology-mil {__version__} · read-only · scores are model outputs for research use, '
             "not a diagnosis</footer></body></html>\n")
@@ -85,6 +94,7 @@ def viewer_page(slide_id: str) -> str:
             '<div id="calls"></div><div id="notes"></div>'
             '<section id="controls" hidden>'
             '<label class="row">overlay <select id="layer"></select></label>'
+            '<label class="row" id="scale-row" hidden>colours <select id="scale"></select></label>'
             '<label class="row">opacity <input type="range" id="opacity" min="0" max="100" value="45"></label>'
             '<div id="colourbar" hidden><div class="bar"></div><div class="ticks"></div><div class="label"></div></div>'
             '<label class="row"><input type="checkbox" id="show-tissue" checked> tissue outline</label>'

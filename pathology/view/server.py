@@ -147,8 +147,8 @@ class Viewer:
                 return _json({"app": "pathology view", "version": __version__, "slides": len(self.catalog.entries)})
             case ["api", "slides", sid]:
                 return _json(self.slide(sid).info(f"/api/slides/{_quote(sid)}"))
-            case ["api", "slides", sid, "layers", name] if name.endswith(".png"):
-                return self._layer(sid, name)
+            case ["api", "slides", sid, "layers", index, name] if name.endswith(".png"):
+                return self._layer(sid, index, name[:-len(".png")])
             case ["api", "slides", sid, "shapes", name] if name.endswith(".geojson"):
                 return self._shapes(sid, name)
             case ["static", *rest] if "/".join(rest) in self.static:
@@ -180,10 +180,12 @@ class Viewer:
         body = self.tiles.get(key, lambda: zoom.jpeg(*key[1:]))
         return Response(200, body, "image/jpeg", {"Cache-Control": "max-age=3600"})
 
-    def _layer(self, slide_id: str, name: str) -> Response:
+    def _layer(self, slide_id: str, index: str, scale: str) -> Response:
         data = self.slide(slide_id)
-        index = _index(name, ".png", len(data.layers))
-        body = self.pictures.get((slide_id, index), lambda: data.layers[index].picture(data.dimensions))
+        layer = data.layers[_index(index, "", len(data.layers))]
+        if scale not in layer.scales:
+            raise NotFoundError(scale)
+        body = self.pictures.get((slide_id, index, scale), lambda: layer.picture(data.dimensions, scale))
         return Response(200, body, "image/png", {"Cache-Control": "no-cache"})
 
     def _shapes(self, slide_id: str, name: str) -> Response:
@@ -209,7 +211,7 @@ def _quote(text: str) -> str:
 
 def _index(name: str, suffix: str, count: int) -> int:
     """``3`` from ``"3.png"`` when below ``count``; :class:`NotFoundError` otherwise."""
-    stem = name[:-len(suffix)]
+    stem = name[:len(name) - len(suffix)]
     if not (stem.isascii() and stem.isdigit()) or int(stem) >= count:
         raise NotFoundError(name)
     return int(stem)
@@ -219,6 +221,9 @@ class Handler(BaseHTTPRequestHandler):
     """GET and HEAD only: every other method is refused (501) by the base class."""
 
     protocol_version = "HTTP/1.1"     # keep-alive: a viewer fetches hundreds of tiles per minute
+    timeout = 120                      # an idle keep-alive connection's thread ends after 2 minutes
+    disable_nagle_algorithm = True     # headers and body are two writes: without this a keep-alive
+                                       # client waits ~40 ms for the delayed ACK on every response
     server_version = f"pathology-view/{__version__}"
     sys_version = ""
     server: ViewHTTPServer
@@ -249,7 +254,7 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if body:
                 self.wfile.write(response.body)
-        except (BrokenPipeError, ConnectionResetError):  # the browser moved on (a tile no longer in view)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the browser moved on (a tile no longer in view)
             self.close_connection = True
 
     def log_message(self, format: str, *args) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
 from ..bag import fingerprint
 from ..errors import UserError
-from ..heatmap import attention_file, normalize, read_bag
+from ..heatmap import attention_file, read_bag
 from ..heatmap.geojson import tissue_features
 from ..heatmap.slides import locate_slide, open_bag_slide
 from ..heatmap.sources import BagView
@@ -24,7 +25,7 @@ from ..slide import Slide, SlideError, open_slide
 from . import ihc
 from .catalog import Catalog, Entry
 from .deepzoom import DeepZoom
-from .layers import Layer
+from .layers import Layer, attention_scales
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class SlideData:
             "slide_id": self.slide_id, "status": self.entry.status, "message": self.entry.message,
             "calls": [{"name": c.name, "text": c.text, "tone": c.tone} for c in self.entry.calls],
             "dimensions": list(self.dimensions), "mpp": self.mpp,
-            "layers": [layer.describe(self.dimensions, f"{base}/layers/{i}.png")
+            "layers": [layer.describe(self.dimensions, f"{base}/layers/{i}")
                        for i, layer in enumerate(self.layers)],
             "tissue": self.tissue,
             "shapes": [{"name": key, "url": f"{base}/shapes/{i}.geojson"} for i, key in enumerate(self.shapes)],
@@ -107,7 +108,10 @@ def load_slide(catalog: Catalog, slide_id: str, slides_dir: Path | None = None) 
         data.layers += ihc.tile_layers(catalog.root, record)
         data.shapes = ihc.shape_outputs(catalog.root, record)
         if slide is not None and not data.tissue:
-            data.tissue = ihc.tissue_rings(slide, record)
+            try:
+                data.tissue = ihc.tissue_rings(slide, record)
+            except UserError as exc:
+                notes.append(f"no tissue outline: {exc}")
     return data
 
 
@@ -149,13 +153,15 @@ def _attention(bag: BagView, path: Path, notes: list[str]) -> list[Layer]:
         notes.append(str(exc))
         return []
     return [Layer(task, "attention", bag.coords, (float(bag.patch_size0[0]), float(bag.patch_size0[1])), raw,
-                  normalize(raw)) for task, raw in scores.items() if len(raw)]
+                  attention_scales(raw)) for task, raw in scores.items() if len(raw)]
 
 
 def _ihc_summary(record: dict | None) -> dict | None:
     if record is None:
         return None
     call = record.get("call") or {}
+    pictures = [{"name": key, "url": "/" + quote(name)} for key, name in (record.get("outputs") or {}).items()
+                if isinstance(name, str) and name.lower().endswith(".png")]
     return {"marker": (record.get("marker") or {}).get("title", ""), "cells": record.get("cells"),
             "class_counts": record.get("class_counts"), "call": call.get("result"), "rule": call.get("rule"),
-            "warnings": record.get("warnings") or []}
+            "warnings": record.get("warnings") or [], "pictures": pictures}

@@ -240,7 +240,9 @@ def test_attention_overlay_follows_the_attention_file(server, run_dir):
         assert all(b["w"] == b["h"] == size for b in layer["top"] + layer["bottom"])
         assert [b["rank"] for b in layer["top"]] == list(range(1, 9))
 
-        status, headers, body = get(server, layer["picture"])
+        # coloured as `pathology heatmap` colours: linear between the slide's percentiles, or by rank
+        assert [scale["name"] for scale in layer["scales"]] == ["percentile", "rank"]
+        status, headers, body = get(server, layer["scales"][0]["picture"])
         assert status == 200 and headers["Content-Type"] == "image/png"
         picture = np.asarray(Image.open(io.BytesIO(body)))
         cell = layer["width0"] / picture.shape[1]
@@ -257,7 +259,8 @@ def test_attention_overlay_follows_the_attention_file(server, run_dir):
         left = picture[int(coords[np.argmin(coords[:, 0]), 1] // cell), int(coords[:, 0].min() // cell), :3]
         red, blue = (right, left) if task == "tumor" else (left, right)
         assert red[0] > 120 > red[2] and blue[2] > 120 > blue[0], (task, red, blue)
-        assert get(server, f"/api/slides/{QUOTED}/layers/{len(layers)}.png")[0] == 404
+        assert get(server, layer["scales"][0]["picture"].replace("percentile", "nope"))[0] == 404
+    assert get(server, f"/api/slides/{QUOTED}/layers/{len(layers)}/percentile.png")[0] == 404
 
 
 def test_tissue_outline_is_the_slides_tissue(server, run_dir):
@@ -306,7 +309,8 @@ def test_nothing_outside_the_folder_is_served(server, run_dir, tmp_path):
         "/results.csv%00.png", "/escape.png", "/copy.svs", f"/bags/{QUOTED}.h5", "/bags/", "/bags", "/heatmaps/",
         "/", "/slides/", "/slides/nope.dzi", "/slides/nope_files/0/0_0.jpeg", f"/slides/{QUOTED}_files/1/0_0.png",
         f"/slides/{QUOTED}_files/-1/0_0.jpeg", f"/slides/{QUOTED}_files/1/%C2%B2_0.jpeg", "/view/nope",
-        f"/api/slides/{QUOTED}/layers/-1.png", f"/api/slides/{QUOTED}/shapes/0.geojson", "/%ff%fe",
+        f"/api/slides/{QUOTED}/layers/-1/percentile.png", f"/api/slides/{QUOTED}/layers/0/..%2fpercentile.png",
+        f"/api/slides/{QUOTED}/shapes/0.geojson", "/%ff%fe",
     ]
     statuses = {path: get(server, path)[0] for path in refused}
     assert statuses.pop("/") == 200
@@ -367,7 +371,7 @@ def test_label_and_macro_images_are_never_served(tmp_path):
         assert {get(server, g)[0] for g in guesses} == {404}
         # every tile of every level and every picture the viewer serves: no green label pixel in any
         info = json.loads(get(server, "/api/slides/labelled")[2])
-        bodies = [get(server, layer["picture"])[2] for layer in info["layers"]]
+        bodies = [get(server, scale["picture"])[2] for layer in info["layers"] for scale in layer["scales"]]
         reference = DeepZoomGenerator(openslide.OpenSlide(slide), tile_size=254, overlap=1)
         for level in range(reference.level_count):
             cols, rows = reference.level_tiles[level]
@@ -414,10 +418,33 @@ def test_ihc_folder_shows_scores_tiles_and_shapes(ihc_dir):
         assert layers["H-score"]["top"][0]["value"] == pytest.approx(float(best["h_score"]))
         assert info["ihc"]["cells"] == json.loads((ihc_dir / "field.json").read_text())["cells"] > 0
         assert info["tissue"]
+        pictures = {p["name"]: p["url"] for p in info["ihc"]["pictures"]}
+        assert set(pictures) == {"qc", "positivity", "intensity"}
+        assert all(get(server, url)[0] == 200 for url in pictures.values())
         assert [s["name"] for s in info["shapes"]] == ["nuclei"]
         status, _, body = get(server, info["shapes"][0]["url"])
         assert status == 200 and body == (ihc_dir / "nuclei" / "field.geojson").read_bytes()
         assert get(server, "/slides/field.dzi")[0] == 200 and get(server, "/slides/field_files/0/0_0.jpeg")[0] == 200
+
+
+def test_demo_folder_lists_out_of_fold_scores_called_at_the_runs_cut_offs(run_dir, tmp_path, data):
+    """A `pathology demo` folder: bags, attention, and the run whose predictions.csv holds the scores;
+    binary tasks are called at the cut-offs of the run's config.json (tumor: 0.5), survival is a risk."""
+    demo = tmp_path / "demo"
+    for part in ("bags", "attention"):
+        shutil.copytree(run_dir / "out" / part, demo / part)
+    shutil.copytree(data / "runs" / "mil-run-0.1.0", demo / "run")
+    (demo / "run" / "predictions.csv").write_text("slide_id,patient_id,fold,task,label,score,event\n"
+                                                  f"{SLIDE_ID},P1,0,tumor,1,0.7,\n{SLIDE_ID},P1,0,survival,30.1,-0.5,1\n")
+    (demo / "demo_summary.json").write_text("{}")
+    with ViewServer(demo, port=0) as server:
+        page = get(server, "/")[2].decode()
+        assert "<th>tumor</th><th>survival</th>" in page
+        assert '<td class="pos">positive 0.700 · label 1</td><td>risk -0.500 · label 30.1</td>' in page
+        assert f'<img class="thumb" src="/bags/qc/{QUOTED}.png"' in page
+        info = json.loads(get(server, f"/api/slides/{QUOTED}")[2])
+        assert {layer["name"] for layer in info["layers"]} == {"tumor", "er"}
+        assert get(server, f"/slides/{QUOTED}_files/0/0_0.jpeg")[0] == 200
 
 
 def test_a_moved_folder_shows_the_bags_thumbnail_until_given_the_slides(run_dir, tmp_path):

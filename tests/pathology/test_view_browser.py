@@ -191,6 +191,11 @@ def test_viewer_page_draws_the_slide_and_switches_task_overlays(browser, tmp_pat
         assert tumor_right[0] > 100 > tumor_right[2] and tumor_left[2] > 100 > tumor_left[0], colours
         changed = np.abs(shot.astype(int) - first.astype(int)).max(axis=2) > 30
         assert changed.mean() > 0.01
+        # the colour scale: by rank, the bar says so
+        browser.evaluate("const c = document.getElementById('scale'); c.value = 'rank';"
+                         "c.dispatchEvent(new Event('change'));")
+        browser.wait(IDLE)
+        assert "rank" in browser.evaluate("document.querySelector('#colourbar .label').textContent")
 
         # a listed highest-attention patch takes the view to it
         box = browser.evaluate("(() => { const li = document.querySelector('#extremes li');"
@@ -208,7 +213,7 @@ def test_slide_list_page_loads_without_errors(browser, tmp_path):
         browser.send("Page.navigate", browser.session, url=server.url)
         browser.wait("document.readyState === 'complete'")
         assert browser.evaluate("document.querySelectorAll('table.slides tbody tr').length") == 2
-        browser.evaluate("document.querySelector('table.slides a').click()")
+        browser.evaluate("document.querySelector('table.slides a[href^=\"/view/\"]').click()")
         browser.wait(IDLE)
         assert browser.evaluate("location.pathname") == f"/view/{QUOTED}"
         # report.html, served by the viewer, shows its links to the viewer pages

@@ -81,37 +81,51 @@
     $("show-boxes").addEventListener("change", redraw);
     const opacity = () => Number($("opacity").value) / 100;
 
+    const SCALE_NAMES = { percentile: "linear, p1–p99 of the slide", rank: "rank within the slide" };
+    $("scale").addEventListener("change", () => {
+      state.scale = $("scale").value;
+      showLayer(state.layer);
+    });
+
     function showLayer(i) {
       state.layer = i;
       state.layerImage = null;
       state.selected = null;
       const layer = info.layers[i];
-      colourBar(layer);
+      const scale = layer && (layer.scales.find((s) => s.name === state.scale) || layer.scales[0]);
+      $("scale-row").hidden = !layer || layer.scales.length < 2;
+      if (layer) {
+        $("scale").replaceChildren(...layer.scales.map((s) => element("option", { value: s.name },
+                                                                      SCALE_NAMES[s.name] || s.name)));
+        $("scale").value = scale.name;
+      }
+      colourBar(layer, scale);
       extremes(layer);
       redraw();
       if (!layer) return;
       const image = new Image();
       image.onload = () => {
-        if (state.layer !== i) return;
+        if (state.layer !== i || state.shown !== scale.picture) return;
         state.layerImage = image;
         redraw();
       };
       image.onerror = () => note("cannot load the " + layer.name + " overlay", "error");
-      image.src = layer.picture;
+      state.shown = scale.picture;
+      image.src = scale.picture;
     }
 
-    function colourBar(layer) {
+    function colourBar(layer, scale) {
       const bar = $("colourbar");
       bar.hidden = !layer;
       if (!layer) return;
       bar.querySelector(".bar").style.background = "linear-gradient(to right, " + layer.colours.join(", ") + ")";
       const ticks = bar.querySelector(".ticks");
-      ticks.replaceChildren(...layer.ticks.map(([pos, text]) => {
+      ticks.replaceChildren(...scale.ticks.map(([pos, text]) => {
         const t = element("span", {}, text);
         t.style.left = pos * 100 + "%";
         return t;
       }));
-      bar.querySelector(".label").textContent = layer.label;
+      bar.querySelector(".label").textContent = scale.label;
     }
 
     function extremes(layer) {
@@ -135,6 +149,7 @@
     }
 
     function fmt(v) {
+      if (v !== 0 && Math.abs(v) < 1e-3) return v.toExponential(2);
       return Math.abs(v) >= 100 ? v.toFixed(0) : Number(v.toPrecision(3)).toString();
     }
 
@@ -272,6 +287,11 @@
       if (s.call) box.appendChild(element("div", {}, "call: " + s.call));
       if (s.cells !== null && s.cells !== undefined) box.appendChild(element("div", {}, s.cells + " cells"));
       Object.entries(s.class_counts || {}).forEach(([k, v]) => box.appendChild(element("div", {}, k + ": " + v)));
+      (s.pictures || []).forEach((p) => {
+        const line = element("div");
+        line.appendChild(element("a", { href: p.url, target: "_blank" }, p.name + " picture"));
+        box.appendChild(line);
+      });
       (s.warnings || []).forEach((w) => note(w));
       $("controls").hidden = false;
     }
