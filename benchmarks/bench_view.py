@@ -1,6 +1,6 @@
 """DeepZoom tile latency of `pathology view` with 20 concurrent clients, cold and warm cache.
 
-    python benchmarks/bench_view.py [--quick]
+    python benchmarks/bench_view.py [--quick] [--workdir DIR]
 
 A synthetic slide of 40000×30000 px at 0.25 µm/px (`pathology synth`; 12000×9000 with
 ``--quick``, which prints only and does not update RESULTS.md) is tiled once so the folder's
@@ -109,16 +109,18 @@ def round_of(port: int, requests: list[list[str]]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 12000×9000 slide; prints only")
+    parser.add_argument("--workdir", type=Path, help="keep the slide and its bag here, and reuse them")
     args = parser.parse_args()
     width, height = (12000, 9000) if args.quick else (40000, 30000)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = args.workdir or Path(tmp)
         t = time.perf_counter()
-        write_synthetic_slide(root / "slides" / "bench.svs", SynthConfig(width=width, height=height, seed=1),
-                              processes=os.cpu_count() or 1)
-        tile_slide(root / "slides" / "bench.svs", "bench", root / "out" / "bags", TileOptions(store_patches=False),
-                   threads=os.cpu_count() or 1)
-        print(f"slide {width}×{height} written and tiled in {time.perf_counter() - t:.0f} s")
+        if not (root / "out" / "bags" / "bench.h5").is_file():
+            write_synthetic_slide(root / "slides" / "bench.svs", SynthConfig(width=width, height=height, seed=1),
+                                  processes=os.cpu_count() or 1)
+            tile_slide(root / "slides" / "bench.svs", "bench", root / "out" / "bags",
+                       TileOptions(store_patches=False), threads=os.cpu_count() or 1)
+            print(f"slide {width}×{height} written and tiled in {time.perf_counter() - t:.0f} s")
         requests = [looks(width, height, seed) for seed in range(CLIENTS)]
         load_before = os.getloadavg()
         proc, port = start_viewer(root / "out")

@@ -383,10 +383,9 @@ def test_label_and_macro_images_are_never_served(tmp_path):
         assert not ((rgb[..., 1] > 200) & (rgb[..., 0] < 60) & (rgb[..., 2] < 60)).any()
 
 
-@pytest.fixture(scope="module")
-def ihc_dir(tmp_path_factory):
-    """`pathology ihc` on a synthetic ER field, and a QuPath GeoJSON of nuclei named in the record's outputs."""
-    root = tmp_path_factory.mktemp("ihc")
+def make_ihc_folder(root: Path) -> Path:
+    """`pathology ihc` on a synthetic ER field into ``root/out``, and a QuPath GeoJSON of nuclei named
+    in the record's outputs (as the IHC scorer may write them)."""
     write_cell_field(root / "slides" / "field.svs", CellFieldConfig(width=1536, height=1024, seed=5))
     out = root / "out"
     result = CliRunner().invoke(app, ["ihc", str(root / "slides"), "--marker", "er", "--out", str(out)])
@@ -400,6 +399,11 @@ def ihc_dir(tmp_path_factory):
     record["outputs"]["nuclei"] = "nuclei/field.geojson"
     (out / "field.json").write_text(json.dumps(record))
     return out
+
+
+@pytest.fixture(scope="module")
+def ihc_dir(tmp_path_factory):
+    return make_ihc_folder(tmp_path_factory.mktemp("ihc"))
 
 
 def test_ihc_folder_shows_scores_tiles_and_shapes(ihc_dir):

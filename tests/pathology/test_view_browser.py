@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from pathology.view.server import ViewServer
-from tests.pathology.test_view import QUOTED, SLIDE_ID, make_run_folder
+from tests.pathology.test_view import QUOTED, SLIDE_ID, make_ihc_folder, make_run_folder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WIDTH, HEIGHT = 1280, 800
@@ -222,3 +222,22 @@ def test_slide_list_page_loads_without_errors(browser, tmp_path):
         assert browser.evaluate("getComputedStyle(document.querySelector('.viewer-link')).display") == "inline"
     assert browser.errors() == []
 
+
+
+def test_ihc_page_shows_tile_scores_and_draws_named_shapes(browser, tmp_path):
+    out = make_ihc_folder(tmp_path)
+    with ViewServer(out, port=0) as server:
+        browser.send("Page.navigate", browser.session, url=f"{server.url}view/field")
+        browser.wait(IDLE)
+        options = browser.evaluate("[...document.getElementById('layer').options].map((o) => o.text)")
+        assert options == ["none", "% positive", "H-score"]
+        # one fixed colour scale: no scale to choose
+        assert browser.evaluate("getComputedStyle(document.getElementById('scale-row')).display") == "none"
+        before = browser.screenshot()
+        browser.evaluate("const box = document.querySelector('#shapes input'); box.click();")
+        browser.wait("Object.keys(viewerState.shapes).length === 1")
+        browser.wait(IDLE)
+        x, y = screen_point(browser, 100.5, 200.5)                 # the one nucleus, drawn in its class colour
+        after = browser.screenshot()
+        assert tuple(after[y, x]) == (230, 0, 30) and tuple(before[y, x]) != (230, 0, 30)
+    assert browser.errors() == []
