@@ -30,8 +30,9 @@ def view_command(
     slide zoomable at full resolution with its attention heatmaps, top and bottom patches,
     tissue outline and IHC overlays.
 
-    Read-only: serves the folder and the slides its records name, never a slide's label or
-    macro image. Stop with Ctrl+C.
+    Read-only: serves the folder and the slides its records name, never a label or macro image.
+
+    Stop with Ctrl+C.
     """
     console = setup_logging(verbose, quiet)
     with reported(console):

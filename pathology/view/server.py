@@ -123,7 +123,7 @@ class Viewer:
         """The response to a GET of ``raw_path`` (as sent, percent-encoded)."""
         try:
             return self._route(path_segments(raw_path), parse_qs(urlsplit(raw_path).query))
-        except (NotFoundError, TileNotFoundError, FileNotFoundError):
+        except (NotFoundError, TileNotFoundError):
             return Response(404, b"not found\n")
         except (NotViewableError, UserError) as exc:
             return Response(404, f"{exc}\n".encode())
@@ -199,7 +199,10 @@ class Viewer:
     def _folder_file(self, seg: list[str]) -> Response:
         if not seg or any(not s or s.startswith(".") for s in seg):
             raise NotFoundError("/".join(seg))
-        path = self.root.joinpath(*seg).resolve(strict=True)
+        try:
+            path = self.root.joinpath(*seg).resolve(strict=True)
+        except OSError:                 # missing, a file taken for a folder, a name too long, no permission
+            raise NotFoundError("/".join(seg)) from None
         if not path.is_relative_to(self.root) or not path.is_file() or path.suffix.lower() not in FOLDER_TYPES:
             raise NotFoundError("/".join(seg))
         return Response(200, path.read_bytes(), TYPES[path.suffix.lower()], {"Cache-Control": "no-cache"})
