@@ -9,7 +9,8 @@ clients, each on one keep-alive connection as a browser tab holds, look at 6 ran
 each: a random DeepZoom level among the 6 finest and a 1280×800 screen's worth of tiles there
 (up to 6×4 tiles), requested one after another. Cold: the first time (tiles not in the viewer's
 cache; the slide file is in the OS page cache, as it is after a first look). Warm: the same
-requests again (tiles from memory). Latency is per tile, from sending the request to the last
+requests again (tiles from memory). A single client looking at 6 other places first gives the
+time to make a tile without queueing. Latency is per tile, from sending the request to the last
 byte. The load average of the machine is printed and recorded: on a busy machine the numbers
 are slower.
 """
@@ -125,7 +126,10 @@ def main() -> None:
         load_before = os.getloadavg()
         proc, port = start_viewer(root / "out")
         try:
-            results = {"cold": round_of(port, requests), "warm": round_of(port, requests)}
+            # one client alone first (other places): the time to make a tile, without queueing
+            results = {"cold, 1 client": round_of(port, [looks(width, height, CLIENTS)]),
+                       f"cold, {CLIENTS} clients": round_of(port, requests),
+                       f"warm, {CLIENTS} clients": round_of(port, requests)}
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -143,8 +147,9 @@ def main() -> None:
 `pathology view` serving DeepZoom tiles (254 px + 1 px overlap, JPEG quality 75) of a {width}×{height} px
 synthetic SVS at 0.25 µm/px to {CLIENTS} concurrent clients, each on one keep-alive connection looking at
 {VIEWS} random places (a 1280×800 screen of tiles at one of the {FINEST_LEVELS} finest levels). Cold: tiles
-not yet in the viewer's cache (slide file in the OS page cache); warm: the same requests again. Per-tile
-latency from request to last byte. Machine: {machine()}; {load}.
+not yet in the viewer's cache (slide file in the OS page cache); warm: the same requests again; one client
+alone (other places) first, for the time to make a tile without queueing. Per-tile latency from request to
+last byte. Machine: {machine()}; {load}.
 
 {table}
 
