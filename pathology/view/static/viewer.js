@@ -303,7 +303,9 @@
       for (let i = 0; i < viewer.world.getItemCount(); i++) {
         if (!viewer.world.getItemAt(i).getFullyLoaded()) return false;
       }
-      return !viewer.viewport.getZoom(true) || Math.abs(viewer.viewport.getZoom(true) - viewer.viewport.getZoom()) < 1e-6;
+      const v = viewer.viewport, now = v.getCenter(true), target = v.getCenter();
+      return Math.abs(v.getZoom(true) - v.getZoom()) < 1e-6 && Math.abs(now.x - target.x) < 1e-9 &&
+        Math.abs(now.y - target.y) < 1e-9;
     };
   }
 })();
