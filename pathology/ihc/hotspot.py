@@ -8,8 +8,9 @@ whose index is highest among circles lying on what was scored (at least :data:`M
 the circle on the tissue or ROI: a circle half off the tissue holds few cells, and its index
 is noise) and holding at least ``min_cells`` counted nuclei, searched on a grid of centres
 ``step_um`` apart (cells binned, counts summed over a disk), then counted exactly around the
-best centre. A slide whose counted nuclei all fit in one such circle (a field of view) has its
-hotspot equal to its global index, and says so.
+best centre. A slide whose counted nuclei all fit in one such circle, or whose scored area is no
+larger than one (a field of view, a small ROI), has its hotspot equal to its global index, and
+says so.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def find_hotspot(x: np.ndarray, y: np.ndarray, positive: np.ndarray, mpp: float,
     if not len(x):
         return None
     cx, cy = (x.min() + x.max()) / 2, (y.min() + y.max()) / 2
-    if np.hypot(x - cx, y - cy).max() <= r:        # everything fits in one circle
-        return _exact(x, y, positive, cx, cy, r, area_mm2, len(x), min_cells)
+    scored_mm2 = np.inf if region is None else region[0].sum() * region[1][0] * region[1][1] * mpp * mpp / 1e6
+    if np.hypot(x - cx, y - cy).max() <= r or scored_mm2 <= area_mm2:   # no more than one circle's worth
+        return Hotspot(float(cx), float(cy), float(r), len(x), int(positive.sum()), area_mm2, True)
     step = step_um / mpp
     x0, y0 = x.min() - r, y.min() - r
     nx, ny = int((x.max() + r - x0) // step) + 1, int((y.max() + r - y0) // step) + 1

@@ -14,8 +14,9 @@ outline caught the rim of a brown neighbour is not brown). How the cuts were set
   Ki-67, and the ASCO/CAP "any intensity" for ER/PgR): 0.10 OD of DAB absorbs 16 % of the
   blue light (the standard DAB vector's blue weight is 0.78), a plainly visible brown
   tint. On the two DeepLIIF Ki-67 fields (co-registered immunofluorescence truth) it lies
-  above the 95th percentile of the truth-negative nuclei (0.09 and 0.02) and below the
-  10th percentile of the truth-positive ones stained in the IHC at all (0.13 and 0.11).
+  above the 95th percentile of the truth-negative nuclei's own DAB (0.09 and 0.01) and
+  below every truth-positive nucleus that is brown in the IHC at all but one per field
+  (0.06; the rest 0.11-0.84).
 - ``moderate`` and ``strong`` are QuPath's positive-cell-detection cuts on the raw mean
   (0.4 / 0.6, with 0.2 for 1+), less the 0.05-0.1 OD of DAB haze around nuclei that the
   raw mean includes (0.06-0.09 on the DeepLIIF fields): 0.30 / 0.55.

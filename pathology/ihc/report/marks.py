@@ -43,7 +43,7 @@ class Marks:
         if self.box is not None:
             x, y, bw, bh = self.box
             draw.rectangle((x / sx, y / sy, (x + bw) / sx, (y + bh) / sy), outline=BOX_COLOUR, width=width)
-        if self.hotspot is not None:
+        if self.hotspot is not None and not self.hotspot.whole:     # a whole-field hotspot is the picture itself
             c, r = self.hotspot, self.hotspot.radius_px
             draw.ellipse(((c.x - r) / sx, (c.y - r) / sy, (c.x + r) / sx, (c.y + r) / sy), outline=HOTSPOT_COLOUR,
                          width=width + 1)
@@ -53,7 +53,7 @@ class Marks:
         items = []
         if self.roi is not None:
             items.append(("ROI", ROI_COLOUR))
-        if self.hotspot is not None:
+        if self.hotspot is not None and not self.hotspot.whole:
             items.append((f"hotspot {self.hotspot.area_mm2:g} mm²", HOTSPOT_COLOUR))
         if self.box is not None:
             items.append(("crop", BOX_COLOUR))
