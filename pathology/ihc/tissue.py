@@ -77,7 +77,7 @@ class TissueMap:
     threshold_od: float             # summed OD above which a pixel is tissue (NaN for a field)
 
     def describe(self) -> dict:
-        return {"field_of_view": self.field, "mask_um_per_px": None, "mask_shape": list(self.mask.shape),
+        return {"field_of_view": self.field, "mask_shape": list(self.mask.shape),
                 "glass_od": None if math.isnan(self.glass_od) else round(self.glass_od, 4),
                 "threshold_od": None if math.isnan(self.threshold_od) else round(self.threshold_od, 4),
                 "tissue_fraction": round(float(self.mask.mean()), 4) if self.mask.size else 0.0}
