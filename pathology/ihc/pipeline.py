@@ -32,9 +32,10 @@ from ..bag import fingerprint
 from ..batch import NOT_EVALUABLE
 from ..errors import InputError
 from ..hashing import slide_seed
-from ..heatmap.files import write_csv, write_json
+from ..heatmap.files import write_json
 from ..inputs import SlideInput
 from ..jobs import Outcome
+from ..publish import publish_csv
 from ..roi import ROI, RoiSource
 from ..slide import Slide, open_slide
 from ..tiling.grid import Grid, choose_read_level, tissue_fractions
@@ -150,8 +151,9 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
     done = stored_result(json_path, fp, params, roi.sha256 if roi else None)
     if done is not None:
         if done.get("status") == NOT_EVALUABLE:
-            return Outcome(slide_id, NOT_EVALUABLE, message=f"{done['not_evaluable_reason']} (result kept from an "
-                                                              f"earlier run)", data={"reason": "kept"})
+            reason = done["not_evaluable_reason"]
+            return Outcome(slide_id, NOT_EVALUABLE, message=f"{reason} (result kept from an earlier run)",
+                           data={"reason": reason})
         return Outcome(slide_id, "skipped", message="result complete with the same parameters")
     marker = MARKERS[options.marker]
     with open_slide(path, backend=options.backend, mpp=options.mpp) as slide:
@@ -181,9 +183,9 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
                                    slide.dimensions, marks, marker, slide_id, summary, options.working_mpp)
         maps = write_maps(out_dir, slide_id, table, grid, picture, slide.dimensions, region, marker,
                           options.thresholds, options.tile_size * options.working_mpp, Marks(roi, hotspot))
-        cells_path = write_csv(out_dir / "cells" / f"{slide_id}.csv", CELL_COLUMNS,
-                               [[round(float(a), 1), round(float(b), 1), int(c), round(float(d), 4), round(float(e), 1)]
-                                for a, b, c, d, e in zip(x, y, classes, intensity, area, strict=True)])
+        cells_path = publish_csv(out_dir / "cells" / f"{slide_id}.csv", CELL_COLUMNS,  # streamed: millions of rows
+                               zip(x.round(1).tolist(), y.round(1).tolist(), classes.tolist(),
+                                   intensity.round(4).tolist(), area.round(1).tolist(), strict=True))
         record = slide_record(
             schema=SCHEMA, slide_id=slide_id, slide_path=str(Path(path).resolve()), slide_fingerprint=fp,
             params=params, marker=marker, counts=counts, table=table, basis=scored.basis, mpp=mpp.x,
