@@ -270,9 +270,10 @@ def _summary(marker: Marker, counts: np.ndarray, reason: str | None, hotspot: Ho
         return f"not evaluable: {reason} · {text}"
     if marker.name == "ki67":
         text += f" · Ki-67 global index {100 * counts[1:].sum() / n:.1f}%"
-        if hotspot is not None:
-            text += (f", hotspot {hotspot.index:.1f}% ({hotspot.cells} nuclei in {hotspot.area_mm2:g} mm²"
-                     f"{'; the whole field' if hotspot.whole else ''})")
+        if hotspot is not None and hotspot.whole:
+            text += f", hotspot = global (all of it fits in {hotspot.area_mm2:g} mm²)"
+        elif hotspot is not None:
+            text += f", hotspot {hotspot.index:.1f}% ({hotspot.cells} nuclei in {hotspot.area_mm2:g} mm², magenta)"
     return text
 
 
