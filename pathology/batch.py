@@ -26,9 +26,12 @@ from .publish import publish_csv, sweep_leftovers
 log = logging.getLogger(__name__)
 
 STATUS_COLUMNS = ("slide_id", "status", "seconds", "count", "message")
-STATUSES = ("done", "skipped", "busy", "failed")
+NOT_EVALUABLE = "not evaluable"
+"""A slide processed to the end that gives no score (IHC: no tissue, too few cells); its reason is the message."""
+STATUSES = ("done", NOT_EVALUABLE, "skipped", "busy", "failed")
 
-__all__ = ["Job", "Outcome", "Stage", "StatusFile", "run_batch", "run_one", "status_path", "summary_table"]
+__all__ = ["NOT_EVALUABLE", "Job", "Outcome", "Stage", "StatusFile", "run_batch", "run_one", "status_path",
+           "summary_table"]
 
 
 def run_one(job: Job | Stage, slide: SlideInput) -> Outcome:
@@ -108,6 +111,8 @@ def _log_outcome(outcome: Outcome, unit: str) -> None:
             log.debug("%s: %s", outcome.slide_id, outcome.traceback.rstrip())
     elif outcome.status in ("skipped", "busy"):
         log.info("%s: %s (%s)", outcome.slide_id, outcome.status, outcome.message)
+    elif outcome.status == NOT_EVALUABLE:
+        log.warning("%s: %s: %s", outcome.slide_id, outcome.status, outcome.message)
     else:
         log.info("%s: %s %s in %.1f s%s", outcome.slide_id, outcome.count, unit, outcome.seconds,
                  f" ({outcome.message})" if outcome.message else "")
@@ -119,12 +124,12 @@ def summary_table(outcomes: list[Outcome], unit: str = "patches") -> Table:
     for name, justify in (("slide", "left"), ("status", "left"), (unit, "right"), ("seconds", "right"),
                           ("detail", "left")):
         table.add_column(name, justify=justify, overflow="fold")
-    style = {"done": "green", "skipped": "cyan", "busy": "yellow", "failed": "bold red"}
+    style = {"done": "green", NOT_EVALUABLE: "magenta", "skipped": "cyan", "busy": "yellow", "failed": "bold red"}
     for o in outcomes:
         table.add_row(o.slide_id, f"[{style.get(o.status, '')}]{o.status}", str(o.count) if o.status == "done" else "",
                       f"{o.seconds:.1f}" if o.status not in ("skipped", "busy") else "", o.message)
     counts = {s: sum(o.status == s for o in outcomes) for s in STATUSES}
-    table.caption = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "busy")
+    table.caption = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s not in ("busy", NOT_EVALUABLE))
     bugs = sum(o.bug for o in outcomes)
     if bugs:
         table.caption += f" ({bugs} by a bug: please report it, with the traceback from -v)"
