@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..slide import Slide
 from .grid import Grid
-from .sources import Piece, open_source
+from .sources import Piece, open_source, paste
 
 T = TypeVar("T")
 
@@ -112,15 +112,9 @@ class PatchReader:
         it waits for were submitted earlier, so they are already running."""
         x0, y0, x1, y1 = (int(v) for v in self.covering[i])
         out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
-        lw, lh = self.slide.level_dimensions[self.grid.read_level]
+        limit = self.slide.level_dimensions[self.grid.read_level]
         for slot in slots:
-            px0, py0, px1, py1 = slot.piece.box
-            ix0, iy0, ix1, iy1 = max(x0, px0), max(y0, py0), min(x1, px1), min(y1, py1)
-            data = slot.pixels()
-            # A decoded edge tile may be padded beyond the level: clip to what it holds.
-            ix1, iy1 = min(ix1, px0 + data.shape[1], lw), min(iy1, py0 + data.shape[0], lh)
-            if ix0 < ix1 and iy0 < iy1:
-                out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = data[iy0 - py0:iy1 - py0, ix0 - px0:ix1 - px0]
+            paste(out, (x0, y0), slot.piece.box, slot.pixels(), limit)
         ex = self.exact[i]
         return resize_patch(out, (ex[0] - x0, ex[1] - y0, ex[2] - x0, ex[3] - y0), self.size)
 

@@ -3,7 +3,8 @@
 
 A source plans, for each level box a patch needs, the *pieces* that cover it:
 rectangles in level pixels with a function that loads their pixels. The reader caches pieces, so a
-tile shared by neighbouring patches is decoded once.
+tile shared by neighbouring patches is decoded once. ``region`` reads one box outright (the
+tiler's thumbnail strips).
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ class TiffTileSource:
             plans.append([self._piece(ty, tx) for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)])
         return plans
 
+    def region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The level's pixels in the box (x, y, w, h), decoded tile by tile (white where a tile
+        holds nothing)."""
+        out = np.full((h, w, 3), 255, np.uint8)
+        for piece in self.plan(np.array([[x, y, x + w, y + h]]))[0]:
+            paste(out, (x, y), piece.box, piece.load())
+        return out
+
     def _piece(self, ty: int, tx: int) -> Piece:
         index = ty * self.tiles_across + tx
         return Piece(("tile", ty, tx), (tx * self.tw, ty * self.th, (tx + 1) * self.tw, (ty + 1) * self.th),
@@ -129,8 +138,27 @@ class RegionSource:
         return Piece(("region", self._serial, box), box,
                      partial(self.slide.read_level_region, self.level, x0, y0, x1 - x0, y1 - y0))
 
+    def region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The level's pixels in the box (x, y, w, h), white outside the level."""
+        return self.slide.read_level_region(self.level, x, y, w, h)
+
     def close(self) -> None:
         """The slide belongs to the caller."""
+
+
+def paste(out: np.ndarray, origin: tuple[int, int], box: tuple[int, int, int, int], data: np.ndarray,
+          limit: tuple[int, int] | None = None) -> None:
+    """Copy the part of ``data`` (the pixels of level ``box``) that falls inside ``out`` (whose
+    top-left is level pixel ``origin``). A decoded edge tile may be padded beyond the level
+    (``limit``: its width and height) or hold less than its box: only what it holds is copied."""
+    x, y = origin
+    px0, py0 = box[:2]
+    ix0, iy0 = max(x, px0), max(y, py0)
+    ix1, iy1 = min(x + out.shape[1], box[2], px0 + data.shape[1]), min(y + out.shape[0], box[3], py0 + data.shape[0])
+    if limit is not None:
+        ix1, iy1 = min(ix1, limit[0]), min(iy1, limit[1])
+    if ix0 < ix1 and iy0 < iy1:
+        out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = data[iy0 - py0:iy1 - py0, ix0 - px0:ix1 - px0]
 
 
 def open_source(slide: Slide, level: int) -> TiffTileSource | RegionSource:
