@@ -17,6 +17,7 @@ from ..bag import BagWriter, completed_with, fingerprint, pair_or_scalar
 from ..batch import Outcome
 from ..hashing import file_sha256, slide_seed
 from ..inputs import SlideInput
+from ..memory import reuse_freed_memory
 from ..qc import write_qc_image
 from ..slide import Slide, open_slide
 from ..stain import create_normalizer
@@ -78,6 +79,7 @@ def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: Ti
     if reason is None:
         return Outcome(slide_id, "skipped", message="bag complete with the same parameters")
     log.debug("%s: tiling (%s)", slide_id, reason)
+    reuse_freed_memory()  # each decoded tile and patch reuses freed memory instead of faulting in fresh pages
     with open_slide(path, backend=options.backend, mpp=options.mpp) as slide, \
             ThreadPoolExecutor(threads, thread_name_prefix="tile") as pool:
         mpp = slide.require_mpp()

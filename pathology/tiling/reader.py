@@ -33,20 +33,24 @@ def level_boxes(coords: np.ndarray, size_level0: tuple[float, float],
     return exact, covering.astype(np.int64)
 
 
-def resize_patch(pixels: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+def resize_patch(pixels: np.ndarray, box: tuple[float, float, float, float], size: int,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """Cut the sub-pixel ``box`` out of ``pixels`` and resample it to ``size``² with an
-    anti-aliased filter (integer reductions use an exact box average)."""
+    anti-aliased filter (integer reductions use an exact box average), into ``out`` if given."""
+    out = np.empty((size, size, 3), np.uint8) if out is None else out
     h, w = pixels.shape[:2]
     x0, y0, x1, y1 = box
     if (w, h) == (size, size) and max(abs(x0), abs(y0), abs(x1 - w), abs(y1 - h)) < 1e-6:
-        return pixels
+        out[...] = pixels
+        return out
     fx, fy = (x1 - x0) / size, (y1 - y0) / size
     k = round(fx)
     if k >= 2 and abs(fx - k) < 1e-6 and abs(fy - k) < 1e-6 and max(abs(x0), abs(y0)) < 1e-6 \
             and (w, h) == (size * k, size * k):
         # exact k x k block average; OpenCV's SIMD area filter is ~5x faster than PIL's reduce
-        return cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA)
-    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS, box=box))
+        return cv2.resize(pixels, (size, size), dst=out, interpolation=cv2.INTER_AREA)
+    out[...] = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS, box=box))
+    return out
 
 
 class PatchReader:
@@ -103,20 +107,29 @@ class PatchReader:
             yield from ((o, f.result()) for o, f in pending)
 
     def _assemble_all(self, work: list[tuple[int, list[_Slot]]], transform):
-        batch = np.stack([self._assemble(i, slots) for i, slots in work])
+        batch = np.empty((len(work), self.size, self.size, 3), np.uint8)
+        for j, (i, slots) in enumerate(work):
+            self._assemble(i, slots, batch[j])
         return transform(batch) if transform else batch
 
-    def _assemble(self, i: int, slots: list[_Slot]) -> np.ndarray:
+    def _assemble(self, i: int, slots: list[_Slot], out: np.ndarray) -> None:
         """Copy patch ``i``'s covering box out of the loaded pieces (white outside the
-        level) and resample it to the target size. Runs on a worker thread; the pieces
-        it waits for were submitted earlier, so they are already running."""
+        level) and resample it into ``out``. Runs on a worker thread; the pieces it waits
+        for were submitted earlier, so they are already running."""
         x0, y0, x1, y1 = (int(v) for v in self.covering[i])
-        out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
-        limit = self.slide.level_dimensions[self.grid.read_level]
-        for slot in slots:
-            paste(out, (x0, y0), slot.piece.box, slot.pixels(), limit)
+        limit = lw, lh = self.slide.level_dimensions[self.grid.read_level]
+        pieces = [(slot.piece.box, slot.pixels()) for slot in slots]
+        # White fill only where something may stay uncovered: beyond the level, or a piece
+        # that holds less than its box (the pieces tile the box otherwise).
+        whole = x0 >= 0 and y0 >= 0 and x1 <= lw and y1 <= lh and all(
+            data.shape[0] >= min(box[3], lh) - box[1] and data.shape[1] >= min(box[2], lw) - box[0]
+            for box, data in pieces)
+        shape = (y1 - y0, x1 - x0, 3)
+        region = np.empty(shape, np.uint8) if whole else np.full(shape, 255, np.uint8)
+        for box, data in pieces:
+            paste(region, (x0, y0), box, data, limit)
         ex = self.exact[i]
-        return resize_patch(out, (ex[0] - x0, ex[1] - y0, ex[2] - x0, ex[3] - y0), self.size)
+        resize_patch(region, (ex[0] - x0, ex[1] - y0, ex[2] - x0, ex[3] - y0), self.size, out)
 
     def close(self) -> None:
         self.source.close()
