@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -78,13 +79,19 @@ class TiffTileSource:
 
     def plan(self, boxes: np.ndarray) -> list[list[Piece]]:
         """For each level box (x0, y0, x1, y1), the tiles it intersects."""
+        return [[self._piece(ty, tx) for ty, tx in tiles] for tiles in self._tiles(boxes)]
+
+    def single_use(self, boxes: np.ndarray) -> set[tuple]:
+        """Keys of the tiles that exactly one of ``boxes`` needs."""
+        uses = Counter(("tile", ty, tx) for tiles in self._tiles(boxes) for ty, tx in tiles)
+        return {key for key, n in uses.items() if n == 1}
+
+    def _tiles(self, boxes: np.ndarray) -> Iterator[list[tuple[int, int]]]:
         last_x, last_y = self.tiles_across - 1, self.tiles_down - 1
-        plans = []
         for x0, y0, x1, y1 in boxes.tolist():
             tx0, tx1 = min(max(x0 // self.tw, 0), last_x), min(max((x1 - 1) // self.tw, 0), last_x)
             ty0, ty1 = min(max(y0 // self.th, 0), last_y), min(max((y1 - 1) // self.th, 0), last_y)
-            plans.append([self._piece(ty, tx) for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)])
-        return plans
+            yield [(ty, tx) for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
 
     def region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """The level's pixels in the box (x, y, w, h), decoded tile by tile (white where a tile
@@ -141,6 +148,10 @@ class RegionSource:
     def region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """The level's pixels in the box (x, y, w, h), white outside the level."""
         return self.slide.read_level_region(self.level, x, y, w, h)
+
+    def single_use(self, boxes: np.ndarray) -> set[tuple]:
+        """None: a chunk's patches share its band."""
+        return set()
 
     def close(self) -> None:
         """The slide belongs to the caller."""

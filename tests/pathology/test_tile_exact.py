@@ -141,6 +141,26 @@ def test_thumbnail_from_tiles_is_the_backends(tmp_path, data):
                     np.testing.assert_array_equal(fast, slide.read_scaled(downsample, strip=300))
 
 
+def test_single_use_tiles_are_those_one_patch_needs(tmp_path):
+    """The reader decodes a tile inside the one patch's task that needs it, and shares the
+    others: the split is checked against a brute-force count of which boxes touch which tile."""
+    path = write_pyramid_tiff(tmp_path / "s.svs", RNG.integers(0, 255, (700, 900, 3), dtype=np.uint8),
+                              downsamples=(1,), tile=128)
+    with open_slide(path) as slide:
+        source = open_source(slide, 0)
+        for size, stride in [(256, 256), (100, 74), (128, 128), (300, 128)]:
+            xs, ys = np.arange(0, 900 - size + 1, stride), np.arange(0, 700 - size + 1, stride)
+            boxes = np.array([[x, y, x + size, y + size] for y in ys for x in xs])
+            touches = {(ty, tx): sum(1 for x0, y0, x1, y1 in boxes
+                                     if x0 < (tx + 1) * 128 and tx * 128 < x1 and y0 < (ty + 1) * 128 and ty * 128 < y1)
+                       for ty in range(6) for tx in range(8)}
+            expected = {("tile", ty, tx) for (ty, tx), n in touches.items() if n == 1}
+            assert source.single_use(boxes) == expected
+            if size == stride == 256:
+                assert len(expected) == 4 * len(boxes)  # aligned patches share nothing
+        source.close()
+
+
 # -- the whole command ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
