@@ -48,7 +48,10 @@ def resize_patch(pixels: np.ndarray, box: tuple[float, float, float, float], siz
     if k >= 2 and abs(fx - k) < 1e-6 and abs(fy - k) < 1e-6 and max(abs(x0), abs(y0)) < 1e-6 \
             and (w, h) == (size * k, size * k):
         # exact k x k block average; OpenCV's SIMD area filter is ~5x faster than PIL's reduce
-        return cv2.resize(pixels, (size, size), dst=out, interpolation=cv2.INTER_AREA)
+        done = cv2.resize(pixels, (size, size), dst=out, interpolation=cv2.INTER_AREA)
+        if done is not out:  # OpenCV allocated its own result instead of filling ``out``
+            out[...] = done
+        return out
     out[...] = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS, box=box))
     return out
 
@@ -83,7 +86,7 @@ class PatchReader:
         per 0.3-ms tile would spend a third of the time in the executor. A piece that only
         one patch needs is decoded by that patch's own task, right before it is copied and
         resampled, while its pixels are still in the core's cache (decoding a whole group of
-        tiles first, to memory, costs a third more); shared pieces are decoded once, ahead,
+        tiles first, to memory, costs a quarter more); shared pieces are decoded once, ahead,
         and kept until no later patch needs them.
         """
         cache: dict[tuple, _Slot] = {}
