@@ -108,12 +108,13 @@ class BagWriter:
         return [imagecodecs.deflate_encode(np.ascontiguousarray(p), level=GZIP_LEVEL) for p in batch]
 
     def write_encoded(self, start: int, encoded: list[bytes] | np.ndarray) -> None:
-        """Store encoded patches ``start … start+len(encoded)`` (main thread only)."""
+        """Store encoded patches ``start … start+len(encoded)`` (main thread only). Each patch
+        is its own chunk, written as is: an uncompressed chunk is the patch's bytes, so it
+        skips HDF5's chunk cache and its copy too."""
         if self.patches is None:
             return
         if self.compression == "none":
-            self.patches[start:start + len(encoded)] = encoded
-            return
+            encoded = np.ascontiguousarray(encoded, dtype=np.uint8)
         for i, chunk in enumerate(encoded):
             self.patches.id.write_direct_chunk((start + i, 0, 0, 0), chunk)
 
