@@ -34,6 +34,7 @@ from .common import (
     Out,
     Quiet,
     Shard,
+    StageDir,
     Verbose,
     Workers,
     exit_if_failed,
@@ -82,6 +83,7 @@ def ihc_command(
     address: Address = None,
     cpus_per_slide: CpusPerSlide = None,
     memory_per_slide: MemoryPerSlide = None,
+    stage_dir: StageDir = None,
     old_marker: Annotated[MarkerName | None, typer.Option("-m", hidden=True, help="Renamed --marker "
                                                                                   "(-m is --model).")] = None,
     verbose: Verbose = False,
@@ -120,7 +122,7 @@ def ihc_command(
         console.print("nothing to do: this shard holds no slides")
         return
     _, threads = choice.slide_threads(len(slides))
-    outcomes = run_batch(slides, ihc_stage(out, options, threads, rois), executor=engine, unit="tiles",
+    outcomes = run_batch(slides, ihc_stage(out, options, threads, rois, stage_dir), executor=engine, unit="tiles",
                          console=console, status=status_path(out, shard_spec), clean=[out])
     scores = write_scores_csv(out) if out.is_dir() else None
     Console().print(summary_table(outcomes, unit="tiles"))

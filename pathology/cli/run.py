@@ -35,6 +35,7 @@ from .common import (
     Quiet,
     RunFolder,
     Shard,
+    StageDir,
     Verbose,
     exit_if_failed,
     reported,
@@ -65,6 +66,7 @@ def run_command(
     memory_per_slide: MemoryPerSlide = None,
     cpus_per_worker: CpusPerWorker = None,
     gpus_per_worker: GpusPerWorker = None,
+    stage_dir: StageDir = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -90,7 +92,8 @@ def run_command(
         check_encoder(loaded, features)  # the run's encoder and weights, before any slide is touched
         heat = HeatmapOptions(normalization=normalize, max_size=max_size, top_k=top_k)
         options = PredictOptions(model, out, heat, device)
-        stages = run_stages(options, tiling, encoder, EmbedOptions(batch_size=batch_size, threads=threads), threads)
+        stages = run_stages(options, tiling, encoder, EmbedOptions(batch_size=batch_size, threads=threads), threads,
+                            stage_dir)
         engine = choice.build(states=[None, loaded, None])
     if not slides:
         console.print("nothing to do: this shard holds no slides")

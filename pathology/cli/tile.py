@@ -29,6 +29,7 @@ from .common import (
     Out,
     Quiet,
     Shard,
+    StageDir,
     Verbose,
     Workers,
     exit_if_failed,
@@ -79,6 +80,7 @@ def tile_command(
     address: Address = None,
     cpus_per_slide: CpusPerSlide = None,
     memory_per_slide: MemoryPerSlide = None,
+    stage_dir: StageDir = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -103,7 +105,7 @@ def tile_command(
         console.print("nothing to do: this shard holds no slides")
         return
     _, threads = choice.slide_threads(len(slides))
-    outcomes = run_batch(slides, tile_stage(out, options, threads), executor=engine, unit="patches", console=console,
-                         status=status_path(out, shard_spec), clean=[out])
+    outcomes = run_batch(slides, tile_stage(out, options, threads, stage_dir), executor=engine, unit="patches",
+                         console=console, status=status_path(out, shard_spec), clean=[out])
     Console().print(summary_table(outcomes))
     exit_if_failed(outcomes)

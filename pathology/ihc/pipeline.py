@@ -35,6 +35,7 @@ from ..hashing import slide_seed
 from ..heatmap.files import write_json
 from ..inputs import SlideInput
 from ..jobs import Outcome
+from ..localcopy import local_copy
 from ..publish import publish_csv
 from ..roi import ROI, RoiSource
 from ..slide import Slide, open_slide
@@ -138,9 +139,10 @@ class Collected:
 
 
 def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: IHCOptions, threads: int = 2,
-                on_tiles=None, roi: ROI | None = None) -> Outcome:
+                on_tiles=None, roi: ROI | None = None, stage_dir: Path | None = None) -> Outcome:
     """Score one slide into ``out_dir`` (``<slide_id>.json``, ``qc/``, ``maps/``, ``tiles/``,
-    ``cells/``), only inside ``roi`` when given.
+    ``cells/``), only inside ``roi`` when given; read from a local copy in ``stage_dir`` when
+    given (the result records the original).
 
     Raises :class:`pathology.slide.SlideError` or :class:`InputError` (one line) on bad input.
     """
@@ -156,7 +158,7 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
                            data={"reason": reason})
         return Outcome(slide_id, "skipped", message="result complete with the same parameters")
     marker = MARKERS[options.marker]
-    with open_slide(path, backend=options.backend, mpp=options.mpp) as slide:
+    with local_copy(path, stage_dir) as local, open_slide(local, backend=options.backend, mpp=options.mpp) as slide:
         mpp = slide.require_mpp()
         if roi is not None:
             roi.check_within(slide.dimensions)
@@ -278,11 +280,11 @@ def _summary(marker: Marker, counts: np.ndarray, reason: str | None, hotspot: Ho
 
 
 def ihc_job(slide: SlideInput, advance, *, out: Path, options: IHCOptions, threads: int,
-            rois: RoiSource | None = None) -> Outcome:
+            rois: RoiSource | None = None, stage_dir: Path | None = None) -> Outcome:
     """One slide of an IHC batch (:func:`pathology.batch.run_batch`; module level so worker
     processes can run it)."""
     return score_slide(slide.path, slide.slide_id, out, options, threads=threads, on_tiles=advance,
-                       roi=rois.load(slide.slide_id) if rois else None)
+                       roi=rois.load(slide.slide_id) if rois else None, stage_dir=stage_dir)
 
 
 def tile_grid(slide: Slide, options: IHCOptions, mask: np.ndarray, mask_scale: tuple[float, float]) -> Grid:

@@ -17,6 +17,7 @@ from ..bag import BagWriter, completed_with, fingerprint, pair_or_scalar
 from ..batch import Outcome
 from ..hashing import file_sha256, slide_seed
 from ..inputs import SlideInput
+from ..localcopy import local_copy
 from ..memory import reuse_freed_memory
 from ..qc import write_qc_image
 from ..slide import Slide, open_slide
@@ -63,12 +64,14 @@ class TileOptions:
 
 
 def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: TileOptions,
-               threads: int = 2, on_patches: Callable[[int], None] | None = None) -> Outcome:
+               threads: int = 2, on_patches: Callable[[int], None] | None = None,
+               stage_dir: Path | None = None) -> Outcome:
     """Tile one slide into ``out_dir/<slide_id>.h5`` (and ``out_dir/qc/<slide_id>.png``).
 
-    Skips a complete bag made from the same file with the same options. Raises a
-    :class:`pathology.errors.UserError` (a one-line message) on bad input; a bag already at
-    the destination is never damaged by a failure. The outcome counts patches.
+    Skips a complete bag made from the same file with the same options. With ``stage_dir``,
+    the slide is read from a local copy made there (and removed after); the bag records the
+    original. Raises a :class:`pathology.errors.UserError` (a one-line message) on bad input; a
+    bag already at the destination is never damaged by a failure. The outcome counts patches.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -80,7 +83,7 @@ def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: Ti
         return Outcome(slide_id, "skipped", message="bag complete with the same parameters")
     log.debug("%s: tiling (%s)", slide_id, reason)
     reuse_freed_memory()  # each decoded tile and patch reuses freed memory instead of faulting in fresh pages
-    with open_slide(path, backend=options.backend, mpp=options.mpp) as slide, \
+    with local_copy(path, stage_dir) as local, open_slide(local, backend=options.backend, mpp=options.mpp) as slide, \
             ThreadPoolExecutor(threads, thread_name_prefix="tile") as pool:
         mpp = slide.require_mpp()
         thumb, mask, mask_scale = _tissue(slide, options.tissue, pool, threads)
@@ -128,10 +131,11 @@ def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: Ti
 
 
 def tile_job(slide: SlideInput, advance: Callable[[int], None], *, out: Path, options: TileOptions,
-             threads: int) -> Outcome:
+             threads: int, stage_dir: Path | None = None) -> Outcome:
     """One slide of a tiling batch (:func:`pathology.batch.run_batch`; module level so worker
     processes can run it)."""
-    return tile_slide(slide.path, slide.slide_id, out, options, threads=threads, on_patches=advance)
+    return tile_slide(slide.path, slide.slide_id, out, options, threads=threads, on_patches=advance,
+                      stage_dir=stage_dir)
 
 
 def _tissue(slide: Slide, params: TissueParams, pool: ThreadPoolExecutor, threads: int):

@@ -15,7 +15,8 @@ def bag_output(out: Path, slide: SlideInput) -> Path:
     return Path(out) / f"{slide.slide_id}.h5"
 
 
-def tile_stage(out: Path, options: TileOptions, threads: int) -> Stage:
-    """Tile each slide into ``out`` with ``threads`` decode threads (the CPUs a task reserves)."""
-    return Stage("tile", partial(tile_job, out=out, options=options, threads=threads), claim=partial(bag_output, out),
-                 cpus=threads)
+def tile_stage(out: Path, options: TileOptions, threads: int, stage_dir: Path | None = None) -> Stage:
+    """Tile each slide into ``out`` with ``threads`` decode threads (the CPUs a task reserves),
+    reading a local copy in ``stage_dir`` when given."""
+    return Stage("tile", partial(tile_job, out=out, options=options, threads=threads, stage_dir=stage_dir),
+                 claim=partial(bag_output, out), cpus=threads)
