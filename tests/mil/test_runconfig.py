@@ -91,8 +91,11 @@ def test_the_legacy_run_loads_as_an_upgraded_config():
     assert config.manifest.sha256 == hashlib.sha256((LEGACY / "manifest.csv").read_bytes()).hexdigest()
     assert config.feature_attrs.encoder == LEGACY_ENCODER and config.feature_attrs.dim == LEGACY_DIM
     assert config.tile_params["grid"] == {"min_tissue": 0.5, "overlap": 0, "patch_size": 256, "target_mpp": 0.5}
-    # written back, the upgraded config is the file plus its schema: no key lost or renamed
-    assert config.to_json() == {"schema": SCHEMA, **legacy_json()}
+    # written back, the upgraded config is the file plus its schema and the fields added since 0.1.0
+    # at their defaults: no key lost or renamed
+    legacy = legacy_json()
+    added_since = {"threads": None}
+    assert config.to_json() == {"schema": SCHEMA, **legacy, "train": {**legacy["train"], **added_since}}
 
 
 def test_mil_predict_applies_the_legacy_run(tmp_path):
