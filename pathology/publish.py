@@ -90,9 +90,10 @@ def sweep_leftovers(folder: str | Path, recursive: bool = True, stale_after: flo
                     in_use: Callable[[Path], bool] = lambda target: False) -> list[Path]:
     """Remove the temporary files and folders that dead processes left in ``folder`` (a killed
     run). On this host, a process that no longer exists is dead. Another host's processes
-    cannot be checked from here: with ``stale_after``, its leftovers are removed once untouched
-    for that many seconds and ``in_use(target)`` (e.g. a live claim on the file they stand for)
-    is false; without it, they are kept. Returns the removed paths."""
+    cannot be checked from here: with ``stale_after``, its temporary files (not folders: a
+    scratch copy may sit unchanged while its slide is read) are removed once untouched for that
+    many seconds and ``in_use(target)`` (e.g. a live claim on the file they stand for) is false;
+    without it, they are kept. Returns the removed paths."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -105,7 +106,7 @@ def sweep_leftovers(folder: str | Path, recursive: bool = True, stale_after: flo
         if owner[0] == HOST:
             dead = owner[1] != os.getpid() and not pid_alive(owner[1])
         else:
-            dead = stale_after is not None and _untouched_for(path, now) > stale_after \
+            dead = stale_after is not None and not path.is_dir() and _untouched_for(path, now) > stale_after \
                 and not in_use(leftover_target(path))
         if dead and _remove(path):
             removed.append(path)
@@ -113,14 +114,11 @@ def sweep_leftovers(folder: str | Path, recursive: bool = True, stale_after: flo
 
 
 def _untouched_for(path: Path, now: float) -> float:
-    """Seconds since ``path`` (or, for a folder, anything in it) was last modified."""
+    """Seconds since ``path`` was last modified (0 if it is gone)."""
     try:
-        stamps = [path.lstat().st_mtime]
-        if path.is_dir():
-            stamps += [p.lstat().st_mtime for p in path.rglob("*")]
+        return now - path.lstat().st_mtime
     except OSError:
         return 0.0
-    return now - max(stamps)
 
 
 def _remove(path: Path) -> bool:

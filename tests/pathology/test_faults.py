@@ -221,6 +221,26 @@ def test_a_read_only_output_folder_is_one_clear_line(slides, disk):
     assert "HDF5" not in done.stderr and "Traceback" not in done.stderr
 
 
+def test_an_io_error_reading_a_slide_is_one_line(slides, clean, tmp_path, monkeypatch):
+    """A failing disk under the slide: EIO on the reads of tile data (tifffile's file handle)."""
+    out = tmp_path / "bags"
+    shutil.copytree(clean, out)
+    before = (out / "big.h5").read_bytes()
+    real = tifffile.FileHandle.read
+
+    def failing(self, size=-1):
+        if size > 4096:  # tile data, not the TIFF's directories
+            raise OSError(errno.EIO, "Input/output error")
+        return real(self, size)
+
+    monkeypatch.setattr(tifffile.FileHandle, "read", failing)
+    result = invoke("tile", slides / "big.svs", "--out", out, "--target-mpp", "1.0")
+    assert result.exit_code == 1
+    assert statuses(out / "status.csv")["big"]["message"] == \
+        f"cannot read {slides / 'big.svs'}: input/output error: the disk or network file system failed (EIO)"
+    assert (out / "big.h5").read_bytes() == before and hidden(out) == []
+
+
 # --- corrupt tiles ------------------------------------------------------------------------------------------------
 def tile_index(path: Path, level: int) -> tuple[list[int], list[int], int, int]:
     """(offsets, byte counts, tiles across, tile size) of a level of a TIFF pyramid."""
@@ -431,13 +451,15 @@ def test_another_hosts_leftovers_go_once_stale_and_unclaimed(tmp_path):
     old = tmp_path / ".a.h5.node7.123.1.partial"
     claimed = tmp_path / ".b.h5.node7.124.1.partial"
     fresh = tmp_path / ".c.h5.node7.125.1.partial"
+    scratch = tmp_path / ".stage-d.svs.node7.126.1.partial"  # a folder: may be a live stage copy
+    scratch.mkdir()
     for path in (old, claimed, fresh):
         path.write_bytes(b"x")
     hour_ago = time.time() - 3600
-    for path in (old, claimed):
+    for path in (old, claimed, scratch):
         os.utime(path, (hour_ago, hour_ago))
     removed = sweep_leftovers(tmp_path, stale_after=600, in_use=lambda target: target.name == "b.h5")
-    assert removed == [old] and claimed.exists() and fresh.exists()
+    assert removed == [old] and claimed.exists() and fresh.exists() and scratch.exists()
     assert sweep_leftovers(tmp_path) == [] and claimed.exists()  # without stale_after: other hosts' are kept
 
 
