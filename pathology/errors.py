@@ -131,8 +131,11 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, UserError):
         return one_line(exc)
     if is_user_fixable(exc):
+        errnum = storage_errno(exc)
         path = getattr(exc, "filename", None) or _hdf5_file(str(exc))
-        return one_line(StorageError(path, storage_errno(exc), "")) if path else one_line(exc)
+        if path:
+            return one_line(StorageError(path, errnum, ""))
+        return STORAGE_PROBLEMS.get(errnum) or one_line(exc)
     return f"bug: {type(exc).__name__}: {one_line(exc)}"
 
 

@@ -651,3 +651,24 @@ def test_two_concurrent_runs_on_one_folder_give_the_clean_bags(slides, clean, tm
     for name in ("big", "small"):
         assert bag_content(out / f"{name}.h5") == bag_content(clean / f"{name}.h5")
     assert hidden(out) == []
+
+
+def test_hdf5_failures_are_read_for_their_errno_and_named_by_file(tmp_path):
+    """HDF5 raises a failed system call as an OSError without errno, or a RuntimeError, with the
+    errno inside its message (texts as h5py 3.16 / HDF5 2.0 raised them on a full tmpfs and a
+    read-only one)."""
+    from pathology.errors import describe, is_user_fixable, storage_error
+
+    flush = RuntimeError("Disable slist on flush dest failure failed (file write failed: time = Sun Dec 6 11:55:36 "
+                         "2026 , filename = '/x/.s.h5.vm.27569.1400.partial', file descriptor = 4, errno = 28, error "
+                         "message = 'No space left on device', buf = 0x5626bcd0b868, total write size = 6296)")
+    assert is_user_fixable(flush)
+    assert str(storage_error(flush, "/x/s.h5")) == "cannot write /x/s.h5: the disk is full (no space left on device)"
+    assert describe(flush) == "/x/.s.h5.vm.27569.1400.partial: the disk is full (no space left on device)"
+    read_only = OSError("Unable to synchronously create file (unable to open file: name = '/ro/a.h5', errno = 30, "
+                        "error message = 'Read-only file system', flags = 13, o_flags = 242)")
+    assert describe(read_only) == "/ro/a.h5: the file system is read-only"
+    assert describe(OSError(errno.ENOSPC, "No space left on device")) == "the disk is full (no space left on device)"
+    no_errno = RuntimeError("Can't decrement id ref count")  # no errno, room on the disk: a bug stays a bug
+    assert storage_error(no_errno, tmp_path / "a.h5") is None and describe(no_errno).startswith("bug: RuntimeError")
+    assert storage_error(ValueError("shape mismatch"), tmp_path / "a.h5") is None
