@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .claims import sweep_claims
+from .claims import STALE_AFTER, claim_path, is_stale, sweep_claims
+from .errors import describe, is_user_fixable
 from .executors import Executor, LocalExecutor
 from .inputs import SlideInput
 from .jobs import Job, Outcome, Stage, as_stage, run_stage
@@ -46,6 +47,7 @@ class StatusFile:
     def __init__(self, path: Path | None, slides: list[SlideInput]):
         self.path = path
         self.rows = {s.slide_id: {"slide_id": s.slide_id, "status": "pending"} for s in slides}
+        self.problem = ""
 
     def update(self, outcome: Outcome) -> None:
         self.rows[outcome.slide_id] = {"slide_id": outcome.slide_id, "status": outcome.status,
@@ -54,8 +56,20 @@ class StatusFile:
         self.write()
 
     def write(self) -> None:
-        if self.path is not None:
+        """Rewrite the file. A full disk or a read-only folder is logged (once) and the batch goes
+        on: the slides' own outputs fail with their own message, and the next write may succeed."""
+        if self.path is None:
+            return
+        try:
             publish_csv(self.path, STATUS_COLUMNS, self.rows.values())
+        except Exception as exc:
+            if not is_user_fixable(exc):
+                raise
+            if describe(exc) != self.problem:
+                log.warning("status file not written: %s", describe(exc))
+            self.problem = describe(exc)
+        else:
+            self.problem = ""
 
 
 def status_path(folder: Path, shard: tuple[int, int] | None = None, stem: str = "status") -> Path:
@@ -77,9 +91,7 @@ def run_batch(slides: list[SlideInput], job: Job | Stage | Sequence[Stage], *, e
     stages = [as_stage(job)] if callable(job) or isinstance(job, Stage) else list(job)
     executor = executor or LocalExecutor(workers)
     for folder in clean:
-        left = sweep_leftovers(folder) + sweep_claims(folder)
-        if left:
-            log.info("removed %d file(s) a killed run left in %s", len(left), folder)
+        _sweep(Path(folder))
     outcomes: list[Outcome] = []
     status_file = StatusFile(status, slides)
     status_file.write()
@@ -102,6 +114,26 @@ def run_batch(slides: list[SlideInput], job: Job | Stage | Sequence[Stage], *, e
                   "report it with the traceback that -v prints", bugs)
     order = {s.slide_id: i for i, s in enumerate(slides)}
     return sorted(outcomes, key=lambda o: order[o.slide_id])
+
+
+def _claimed(output: Path) -> bool:
+    """Whether a live job holds a claim on ``output``."""
+    claim = claim_path(output)
+    return claim.exists() and not is_stale(claim)
+
+
+def _sweep(folder: Path) -> None:
+    """Remove what killed runs left in ``folder``: temporary files and folders and claims of dead
+    processes of this host, and other hosts' temporary files untouched for
+    :data:`pathology.claims.STALE_AFTER` whose output no live job claims. A folder that cannot
+    be cleaned (read-only) is reported, and the batch goes on."""
+    try:
+        left = sweep_claims(folder) + sweep_leftovers(folder, stale_after=STALE_AFTER, in_use=_claimed)
+    except OSError as exc:
+        log.warning("could not remove what killed runs left in %s: %s", folder, describe(exc))
+        return
+    if left:
+        log.info("removed %d file(s) a killed run left in %s", len(left), folder)
 
 
 def _log_outcome(outcome: Outcome, unit: str) -> None:

@@ -123,7 +123,8 @@ def ihc_command(
         return
     _, threads = choice.slide_threads(len(slides))
     outcomes = run_batch(slides, ihc_stage(out, options, threads, rois, stage_dir), executor=engine, unit="tiles",
-                         console=console, status=status_path(out, shard_spec), clean=[out])
+                         console=console, status=status_path(out, shard_spec),
+                         clean=[out, *([stage_dir] if stage_dir else [])])
     scores = write_scores_csv(out) if out.is_dir() else None
     Console().print(summary_table(outcomes, unit="tiles"))
     if scores:

@@ -101,7 +101,7 @@ def run_command(
     torch.set_num_threads(available_cores())
     out.mkdir(parents=True, exist_ok=True)
     outcomes = run_batch(slides, stages, executor=engine, unit="patches", console=console,
-                         status=status_path(out, shard_spec), clean=[out])
+                         status=status_path(out, shard_spec), clean=[out, *([stage_dir] if stage_dir else [])])
     reports = slide_reports(outcomes, run, out)
     write_results(out / "results.csv", *results_rows(reports, outcomes, run))
     report = write_report(reports, out, title=f"pathology run · {model.name}", model=str(model.resolve()),

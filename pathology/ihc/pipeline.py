@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..bag import fingerprint
 from ..batch import NOT_EVALUABLE
 from ..errors import InputError
+from ..fingerprint import fingerprint, slide_changed
 from ..hashing import slide_seed
 from ..heatmap.files import write_json
 from ..inputs import SlideInput
@@ -103,15 +103,19 @@ def result_path(out_dir: Path, slide_id: str) -> Path:
     return out_dir / f"{slide_id}.json"
 
 
-def stored_result(path: Path, slide_fingerprint: str, params: dict, roi_sha256: str | None) -> dict | None:
-    """The JSON at ``path`` if it holds this slide's result with these parameters and ROI."""
+def stored_result(path: Path, slide_fingerprint: str, params: dict, roi_sha256: str | None,
+                  slide: Path | None = None) -> dict | None:
+    """The JSON at ``path`` if it holds the result of the slide file ``slide`` (whose fingerprint
+    is ``slide_fingerprint``; the rule: :func:`pathology.fingerprint.slide_changed`) with these
+    parameters and ROI."""
     try:
         done = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     roi = done.get("roi") or {}
-    same = done.get("schema") == SCHEMA and done.get("slide_fingerprint") == slide_fingerprint \
-        and done.get("params") == params and roi.get("sha256") == roi_sha256
+    same = done.get("schema") == SCHEMA and done.get("params") == params and roi.get("sha256") == roi_sha256 \
+        and (done.get("slide_fingerprint") == slide_fingerprint
+             or (slide is not None and slide_changed(done.get("slide_fingerprint"), slide, slide_fingerprint) is None))
     return done if same else None
 
 
@@ -150,7 +154,7 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
     out_dir = Path(out_dir)
     params, fp = options.params(), fingerprint(path)
     json_path = result_path(out_dir, slide_id)
-    done = stored_result(json_path, fp, params, roi.sha256 if roi else None)
+    done = stored_result(json_path, fp, params, roi.sha256 if roi else None, slide=Path(path))
     if done is not None:
         if done.get("status") == NOT_EVALUABLE:
             reason = done["not_evaluable_reason"]

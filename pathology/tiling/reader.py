@@ -3,10 +3,15 @@ one chunk ahead of the consumer, never a whole level in memory.
 
 Patches arrive in grid order (sorted by y, then x), so once a chunk starts at tile
 row r no later patch needs a row above r: pieces above it are dropped from the cache.
+
+A corrupt tile (:class:`pathology.tiling.sources.CorruptTileError`) fails the read, or, with
+``on_bad_tile="skip"``, leaves every patch that touches it white and listed in
+:attr:`PatchReader.bad_patches`, for the caller to drop.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,9 +21,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..slide import Slide
+from ..errors import InputError
+from ..slide import Slide, SlideError
 from .grid import Grid
-from .sources import Piece, open_source, paste
+from .sources import CorruptTileError, Piece, RegionSource, open_source, paste
+
+BAD_TILE_POLICIES = ("fail", "skip")
 
 T = TypeVar("T")
 
@@ -59,9 +67,15 @@ def resize_patch(pixels: np.ndarray, box: tuple[float, float, float, float], siz
 class PatchReader:
     """Iterates a slide's grid patches as uint8 batches (n, S, S, 3) at the target µm/px."""
 
-    def __init__(self, slide: Slide, grid: Grid, patch_size: int, threads: int = 2, chunk: int = 64):
+    def __init__(self, slide: Slide, grid: Grid, patch_size: int, threads: int = 2, chunk: int = 64,
+                 on_bad_tile: str = "fail"):
+        if on_bad_tile not in BAD_TILE_POLICIES:
+            raise InputError(f"--on-bad-tile must be one of {', '.join(BAD_TILE_POLICIES)}, got {on_bad_tile!r}")
         self.slide, self.grid, self.size = slide, grid, patch_size
         self.threads, self.chunk = max(1, threads), max(1, chunk)
+        self.skip = on_bad_tile == "skip"
+        self.bad_patches: dict[int, dict] = {}  # grid index -> the bad tile it touches (skip)
+        self._bad_lock = threading.Lock()
         self.exact, self.covering = level_boxes(grid.coords, grid.patch_size_level0,
                                                 slide.level_downsample_xy(grid.read_level))
         self.source = open_source(slide, grid.read_level)
@@ -125,7 +139,8 @@ class PatchReader:
         """Copy patch ``i``'s covering box out of its pieces (white outside the level) and
         resample it into ``out``. Runs on a worker thread: it decodes its own pieces one at a
         time, each copied out at once; the shared ones it waits for were submitted earlier,
-        so they are already running."""
+        so they are already running. A piece that cannot be read fails the read, or (skip)
+        leaves the patch white and listed in :attr:`bad_patches`."""
         x0, y0, x1, y1 = (int(v) for v in self.covering[i])
         limit = lw, lh = self.slide.level_dimensions[self.grid.read_level]
         shape = (y1 - y0, x1 - x0, 3)
@@ -133,12 +148,40 @@ class PatchReader:
         inside = x0 >= 0 and y0 >= 0 and x1 <= lw and y1 <= lh
         region = np.empty(shape, np.uint8) if inside else np.full(shape, 255, np.uint8)
         for item in sources:
-            if isinstance(item, _Slot):
-                paste(region, (x0, y0), item.piece.box, item.pixels(), limit)
-            else:
-                paste(region, (x0, y0), item.box, item.borrowed(), limit)
+            piece = item.piece if isinstance(item, _Slot) else item
+            try:
+                pixels = item.pixels() if isinstance(item, _Slot) else item.borrowed()
+            except SlideError as exc:
+                if not self.skip:
+                    raise
+                if not self._readable_alone(i, piece, region, (x0, y0), limit, exc):
+                    out[...] = 255
+                    return
+                continue
+            paste(region, (x0, y0), piece.box, pixels, limit)
         ex = self.exact[i]
         resize_patch(region, (ex[0] - x0, ex[1] - y0, ex[2] - x0, ex[3] - y0), self.size, out)
+
+    def _readable_alone(self, i: int, piece: Piece, region: np.ndarray, origin: tuple[int, int],
+                        limit: tuple[int, int], exc: SlideError) -> bool:
+        """Skip mode, after ``piece`` failed for patch ``i``: a backend band that failed is
+        read again as this patch's own box (one bad tile should not cost the band's other
+        patches). False, with the patch recorded as bad, when the patch cannot be read."""
+        if isinstance(exc, CorruptTileError):
+            record = exc.tile
+        else:
+            x0, y0 = origin
+            h, w = region.shape[:2]
+            bad: list[dict] = []
+            pixels = self.source.region(x0, y0, w, h, bad) if isinstance(self.source, RegionSource) else None
+            if pixels is not None and not bad:
+                region[...] = pixels
+                return True
+            record = bad[0] if bad else {"level": self.grid.read_level, "box": list(piece.box),
+                                         "error": getattr(exc, "message", str(exc))}
+        with self._bad_lock:
+            self.bad_patches[i] = record
+        return False
 
     def close(self) -> None:
         self.source.close()
@@ -159,11 +202,22 @@ class _Slot:
     index: int
 
     def pixels(self) -> np.ndarray:
-        return self.group.result()[self.index]
+        """The piece's pixels; the error that loading it raised, if it did."""
+        loaded = self.group.result()[self.index]
+        if isinstance(loaded, SlideError):
+            raise loaded
+        return loaded
 
 
-def _load_all(pieces: list[Piece]) -> list[np.ndarray]:
-    return [p.load() for p in pieces]
+def _load_all(pieces: list[Piece]) -> list[np.ndarray | SlideError]:
+    """Each piece's pixels, or the error reading it raised (for the patches that need it to raise)."""
+    out: list[np.ndarray | SlideError] = []
+    for p in pieces:
+        try:
+            out.append(p.load())
+        except SlideError as exc:
+            out.append(exc)
+    return out
 
 
 def _split(items: list, parts: int) -> list[list]:

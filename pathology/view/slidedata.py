@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ..bag import fingerprint
 from ..errors import UserError
+from ..fingerprint import slide_changed
 from ..heatmap import attention_file, read_bag
 from ..heatmap.geojson import tissue_features
 from ..heatmap.slides import locate_slide, open_bag_slide
@@ -134,8 +134,10 @@ def _open(bag: BagView | None, record: dict | None, slides_dir: Path | None, not
         path = slides_dir / recorded.name if slides_dir is not None else recorded
         if not recorded.name or not path.is_file():
             raise SlideError(path, "the slide is not there; pass --slides DIR with the slide files")
-        if record.get("slide_fingerprint") and fingerprint(path) != record["slide_fingerprint"]:
-            raise SlideError(path, "not the file this result was made from (its fingerprint differs)")
+        changed = slide_changed(record["slide_fingerprint"], path, copy=True) if record.get("slide_fingerprint") \
+            else None
+        if changed:
+            raise SlideError(path, f"not the file this result was made from ({changed})")
         params = record.get("params") or {}
         return open_slide(path, backend=params.get("backend", "auto"), mpp=params.get("mpp"))
     except UserError as exc:
