@@ -313,3 +313,44 @@ def test_the_roi_outline_is_the_file_scored_or_none(ki67_dir, tmp_path):
         assert json.loads(get(server, "/api/slides/slide")[2])["roi"]["rings"] == [ROI_SQUARE]
         assert get(server, "/slide.geojson")[0] == 404 and get(server, "/slides/slide.geojson")[0] == 404
 
+
+# -- pathology ihc's QuPath detections: the nuclei the viewer draws, for QuPath ------------------------------------
+def test_pathology_ihc_writes_the_nuclei_as_qupath_detections(ihc_dir):
+    """`cells/<slide>.geojson`: one QuPath detection per row of the cells table, a polygon of the
+    nucleus's area centred on it, classified Negative / 1+ / 2+ / 3+ in the class colours; the
+    viewer draws these nuclei as its tiled layer, not as shapes."""
+    record = json.loads((ihc_dir / "field.json").read_text())
+    assert record["outputs"]["cells_geojson"] == "cells/field.geojson"
+    with open(ihc_dir / "cells" / "field.csv") as fh:
+        cells = list(csv.DictReader(fh))
+    features = json.loads((ihc_dir / "cells" / "field.geojson").read_text(encoding="utf-8"))["features"]
+    assert len(features) == len(cells) == record["cells"] > 0
+    for cell, feature in zip(cells, features, strict=True):
+        props, ring = feature["properties"], np.array(feature["geometry"]["coordinates"][0])
+        assert props["objectType"] == "detection" and feature["geometry"]["type"] == "Polygon"
+        k = int(cell["class"])
+        assert props["classification"] == {"name": ["Negative", "1+", "2+", "3+"][k], "color": list(COLOURS[k])}
+        assert props["measurements"] == {"Nucleus: DAB OD (own)": float(cell["dab_od"]),
+                                         "Nucleus: Area µm^2": float(cell["area_um2"])}
+        assert np.array_equal(ring[0], ring[-1])                                  # closed
+        assert np.allclose(ring[:-1].mean(axis=0), [float(cell["x"]), float(cell["y"])], atol=0.2)
+        x, y = ring.T                                                             # shoelace area, µm²
+        area = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) * MPP * MPP
+        assert area == pytest.approx(float(cell["area_um2"]), rel=0.03, abs=0.5)
+    with ViewServer(ihc_dir, port=0) as server:
+        assert [s["name"] for s in json.loads(get(server, "/api/slides/field")[2])["shapes"]] == ["review"]
+
+
+def test_too_many_nuclei_for_qupath_leave_the_cells_table_only(tmp_path, monkeypatch):
+    """Over the limit no GeoJSON is written, and an earlier run's is removed (it would be stale)."""
+    write_cell_field(tmp_path / "slides" / "field.svs", CellFieldConfig(width=768, height=768, seed=2))
+    out = tmp_path / "out"
+    stale = out / "cells" / "field.geojson"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    monkeypatch.setattr("pathology.ihc.pipeline.MAX_NUCLEI", 10)
+    result = CliRunner().invoke(app, ["ihc", str(tmp_path / "slides"), "--marker", "er", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "field.json").read_text())
+    assert record["cells"] > 10 and "cells_geojson" not in record["outputs"] and not stale.exists()
+    assert (out / "cells" / "field.csv").is_file()
