@@ -253,6 +253,8 @@ def fit(browser: Chromium, x: float, y: float, w: float, h: float) -> None:
     """Show the level-0 box (x, y, w, h), at once."""
     browser.evaluate(f"""viewerState.viewer.viewport.fitBounds(new OpenSeadragon.Rect({x} / viewerState.width,
         {y} / viewerState.width, {w} / viewerState.width, {h} / viewerState.width), true) && null""")
+    # two frames: OpenSeadragon asks for the new view's tiles on its next update, until then it is "loaded"
+    browser.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => done(null))))")
     browser.wait(IDLE)
 
 

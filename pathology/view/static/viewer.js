@@ -104,6 +104,7 @@
       const layer = info.layers[i];
       const scale = layer && (layer.scales.find((s) => s.name === state.scale) || layer.scales[0]);
       $("scale-row").hidden = !layer || layer.scales.length < 2;
+      $("show-boxes").parentElement.hidden = !layer;     // the boxes are a layer's
       if (layer) {
         $("scale").replaceChildren(...layer.scales.map((s) => element("option", { value: s.name },
                                                                       SCALE_NAMES[s.name] || s.name)));
