@@ -3,8 +3,10 @@
 ``pathology ihc`` writes every counted nucleus to ``cells/<slide_id>.csv`` (level-0 centre,
 class 0-3, own DAB, area); a whole slide has millions. The viewer reads the file once into
 numpy arrays sorted by :data:`BUCKET`-pixel squares, row by row, so the nuclei under any tile
-are one contiguous run of the arrays per bucket row, and draws each tile when it is asked
-for, in the class colours of the IHC QC picture:
+are one contiguous run of the arrays per bucket row, with each bucket's class counts and
+nuclear area summed (tiles of a bucket or more per pixel add those up instead of visiting
+millions of nuclei), and draws each tile when it is asked for, in the class colours of the IHC
+QC picture:
 
 - zoomed in, while the typical nucleus is at least a pixel across, every nucleus at its own
   size: as discs while the typical nucleus is small on screen, as rings just outside each
@@ -59,10 +61,13 @@ class Nuclei:
     offsets: np.ndarray      # int64 (rows * columns + 1,): bucket b holds [offsets[b], offsets[b + 1])
     columns: int             # buckets per row
     typical_radius: float    # median radius, level-0 px
+    bucket_counts: np.ndarray  # int32 (rows, columns, classes): nuclei of each class per bucket
+    bucket_cover: np.ndarray   # float64 (rows, columns): their summed area, level-0 px²
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.x, self.y, self.classes, self.radius, self.offsets))
+        return sum(a.nbytes for a in (self.x, self.y, self.classes, self.radius, self.offsets, self.bucket_counts,
+                                      self.bucket_cover))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -90,9 +95,13 @@ def index_nuclei(x: np.ndarray, y: np.ndarray, classes: np.ndarray, radius: np.n
     key = by * columns + bx
     order = np.argsort(key, kind="stable")
     offsets = np.searchsorted(key[order], np.arange(rows * columns + 1)).astype(np.int64)
+    k = len(CLASS_COLOURS)
+    counts = np.bincount(key * k + classes, minlength=rows * columns * k).reshape(rows, columns, k)
+    cover = np.bincount(key, weights=np.pi * np.asarray(radius, np.float64) ** 2, minlength=rows * columns)
     return Nuclei(np.ascontiguousarray(x[order], np.float32), np.ascontiguousarray(y[order], np.float32),
                   np.ascontiguousarray(classes[order], np.int8), np.ascontiguousarray(radius[order], np.float32),
-                  offsets, columns, float(np.median(radius)) if len(radius) else 0.0)
+                  offsets, columns, float(np.median(radius)) if len(radius) else 0.0,
+                  counts.astype(np.int32), cover.reshape(rows, columns))
 
 
 def read_nuclei(path: Path, mpp: float, dimensions: tuple[int, int]) -> Nuclei:
@@ -178,15 +187,25 @@ def _stamp(halves: int, ring: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def _mix(nuclei: Nuclei, region: TileRegion, w: int, h: int) -> np.ndarray:
     d, x0, y0 = region.downsample, region.x0, region.y0
-    idx = nuclei.within(x0, y0, x0 + w * d, y0 + h * d)
-    px = np.minimum(((nuclei.x[idx] - x0) / d).astype(np.int64), w - 1)
-    py = np.minimum(((nuclei.y[idx] - y0) / d).astype(np.int64), h - 1)
-    flat = py * w + px
     k = len(CLASS_COLOURS)
-    counts = np.bincount(flat * k + nuclei.classes[idx], minlength=w * h * k).reshape(h, w, k).astype(np.float64)
+    if d % BUCKET == 0 and x0 % BUCKET == 0 and y0 % BUCKET == 0:     # whole buckets per pixel: add them up
+        f, bx, by = int(d // BUCKET), int(x0 // BUCKET), int(y0 // BUCKET)
+        counts = np.zeros((h * f, w * f, k))
+        cover = np.zeros((h * f, w * f))
+        part = nuclei.bucket_counts[by:by + h * f, bx:bx + w * f]
+        counts[:part.shape[0], :part.shape[1]] = part
+        cover[:part.shape[0], :part.shape[1]] = nuclei.bucket_cover[by:by + h * f, bx:bx + w * f]
+        counts = counts.reshape(h, f, w, f, k).sum(axis=(1, 3))
+        cover = cover.reshape(h, f, w, f).sum(axis=(1, 3)) / (d * d)
+    else:
+        idx = nuclei.within(x0, y0, x0 + w * d, y0 + h * d)
+        px = np.minimum(((nuclei.x[idx] - x0) / d).astype(np.int64), w - 1)
+        py = np.minimum(((nuclei.y[idx] - y0) / d).astype(np.int64), h - 1)
+        flat = py * w + px
+        counts = np.bincount(flat * k + nuclei.classes[idx], minlength=w * h * k).reshape(h, w, k).astype(np.float64)
+        cover = np.bincount(flat, weights=np.pi * nuclei.radius[idx].astype(np.float64) ** 2,
+                            minlength=w * h).reshape(h, w) / (d * d)
     total = counts.sum(axis=2)
-    cover = np.bincount(flat, weights=np.pi * nuclei.radius[idx].astype(np.float64) ** 2,
-                        minlength=w * h).reshape(h, w) / (d * d)
     rgba = np.zeros((h, w, 4), np.uint8)
     rgba[..., :3] = np.rint(counts @ CLASS_COLOURS.astype(np.float64) / np.maximum(total, 1)[..., None])
     alpha = np.clip(cover / SOLID_COVER * 255, MIN_ALPHA, 255)

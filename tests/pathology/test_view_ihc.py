@@ -147,14 +147,29 @@ def test_zoomed_out_nuclei_are_discs_where_the_table_puts_them(hand):
     assert tuple(pixels[int(100.5 // 4), int(300.5 // 4)]) == (*STRONG, 255)    # the pair's shared pixel
 
 
-def test_fully_zoomed_out_a_pixel_mixes_the_classes_of_its_nuclei(hand):
-    """The coarsest level is one pixel over the whole slide: the class colours of every nucleus
-    averaged (by count), faint since nuclei cover little of it."""
-    pixels = tile(hand, 0, 0, 0)
-    assert pixels.shape == (1, 1, 4)
-    mean = np.mean([COLOURS[k] for _, _, k in HAND], axis=0)
-    assert np.abs(pixels[0, 0, :3].astype(float) - mean).max() <= 1
-    assert 0 < pixels[0, 0, 3] < 255
+@pytest.mark.parametrize("downsample", [32, 512, 2048])
+def test_zoomed_far_out_a_pixel_mixes_the_classes_of_its_nuclei(hand, downsample):
+    """Where nuclei are under a pixel, a pixel holding nuclei has their class colours averaged by
+    count, more opaque the more of it they cover, and the others are clear: at 32 level-0 px per
+    pixel (nuclei visited one by one), 512 and 2048 (the whole slide in one pixel; per-bucket sums
+    added up)."""
+    count, w, h = levels(hand)
+    pixels = tile(hand, count - 1 - int(math.log2(downsample)), 0, 0)
+    assert pixels.shape[:2] == (math.ceil(h / downsample), math.ceil(w / downsample))
+    inside: dict[tuple[int, int], list[int]] = {}
+    for x, y, k in HAND:
+        inside.setdefault((int(y // downsample), int(x // downsample)), []).append(k)
+    for (row, col), classes in inside.items():
+        mean = np.mean([COLOURS[k] for k in classes], axis=0)
+        assert np.abs(pixels[row, col, :3].astype(float) - mean).max() <= 1, (row, col)
+        assert pixels[row, col, 3] > 0
+    if downsample == 32:                       # the overlapping pair covers more of its pixel than a lone nucleus
+        assert pixels[int(100.5 // 32), int(300.5 // 32), 3] > pixels[int(40.5 // 32), int(180.5 // 32), 3]
+    else:                                      # eight nuclei cover under 1 % of a pixel: faint
+        assert pixels[0, 0, 3] < 255
+    clear = np.ones(pixels.shape[:2], bool)
+    clear[tuple(np.array(list(inside)).T)] = False
+    assert not pixels[clear, 3].any()
 
 
 def test_the_overlay_shows_the_generators_nuclei_in_their_true_classes(ihc_dir):
