@@ -12,7 +12,8 @@
   still the very file that was scored (its SHA-256);
 - any other ``.geojson`` output (QuPath's format) is drawn as shapes in its classification
   colours;
-- the tissue outline is the tissue detector's on the slide, with the record's parameters.
+- the tissue outline is the IHC tissue mask made again with the record's parameters (none for a
+  field of view, which is scored whole).
 
 Kept small on purpose: the IHC output format is still growing, and this module is the one
 place the viewer reads it.
@@ -33,10 +34,10 @@ from ..ihc.markers import MARKERS
 from ..ihc.report.marks import HOTSPOT_COLOUR, ROI_COLOUR
 from ..ihc.report.qc import CLASS_COLOURS, class_names
 from ..ihc.results import CLASS_NAMES
+from ..ihc.tissue import IHCTissueParams, tissue_map
 from ..roi import ROIError, read_roi
 from ..slide import Slide
 from ..table import read_table
-from ..tissue import TissueParams, detect_tissue
 from .layers import Layer
 
 SCHEMA_PREFIX = "pathology-ihc/"
@@ -150,13 +151,12 @@ def roi_outline(root: Path, record: dict, slides_dir: Path | None) -> dict | Non
 
 
 def tissue_rings(slide: Slide, record: dict) -> list[list[list[float]]]:
-    """The tissue outline (level-0 rings) found with the record's tissue parameters."""
+    """The outline (level-0 rings) of the tissue that was scored: the IHC tissue mask made again
+    with the record's parameters; none for a field of view, which is scored whole."""
     recorded = (record.get("params") or {}).get("tissue") or {}
-    names = {f.name for f in dataclasses.fields(TissueParams)}
-    params = TissueParams(**{k: v for k, v in recorded.items() if k in names})
-    mpp = slide.require_mpp().x
-    thumb = slide.read_scaled(max(1.0, params.mask_mpp / mpp))
-    w0, h0 = slide.dimensions
-    scale = np.array([w0 / thumb.shape[1], h0 / thumb.shape[0]])
-    mask = detect_tissue(thumb, mpp * scale[0], params).mask
-    return [ring for f in tissue_features(mask, scale) for ring in f["geometry"]["coordinates"]]
+    names = {f.name for f in dataclasses.fields(IHCTissueParams)}
+    tissue = tissue_map(slide, IHCTissueParams(**{k: v for k, v in recorded.items() if k in names}))
+    if tissue.field:
+        return []
+    return [ring for f in tissue_features(tissue.mask, np.asarray(tissue.scale))
+            for ring in f["geometry"]["coordinates"]]

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy.spatial import cKDTree
+from skimage.draw import polygon as fill_polygon
 from typer.testing import CliRunner
 
 from pathology.cli import app
@@ -215,6 +216,32 @@ def test_the_overlay_shows_the_generators_nuclei_in_their_true_classes(ihc_dir):
     cell_px = 14.0 / MPP                                             # CellFieldConfig's cell_um
     assert agreement(0.0) >= 0.95
     assert agreement(cell_px / 2) < 0.6
+
+
+def test_the_tissue_outline_is_the_ihc_tissue_mask_of_the_record(ihc_dir, tmp_path):
+    """With the record's tissue parameters made to treat the 768 µm field as a slide (field_um
+    100 µm), the outline is the IHC tissue mask: the generator's patch of cells, an ellipse of
+    0.44 x the image's width and height about its centre (IoU 0.94 when written); the real record is a field of
+    view, scored whole, with no outline (test_view.py)."""
+    out = tmp_path / "out"
+    shutil.copytree(ihc_dir, out)
+    record = json.loads((out / "field.json").read_text())
+    record["params"]["tissue"]["field_um"] = 100.0
+    (out / "field.json").write_text(json.dumps(record))
+    with ViewServer(out, port=0) as server:
+        rings = json.loads(get(server, "/api/slides/field")[2])["tissue"]
+    assert rings
+    scale = 4                                                       # level-0 px per test-mask px
+    h, w = 1024 // scale, 1536 // scale
+    outline = np.zeros((h, w), bool)
+    for ring in rings:                                              # outlines and holes, by even-odd filling
+        r = np.asarray(ring) / scale
+        rr, cc = fill_polygon(r[:, 1], r[:, 0], (h, w))
+        outline[rr, cc] ^= True
+    yy, xx = (np.mgrid[0:h, 0:w] + 0.5) * scale
+    patch = ((xx - 768) / (0.44 * 1536)) ** 2 + ((yy - 512) / (0.44 * 1024)) ** 2 < 1
+    iou = (outline & patch).sum() / (outline | patch).sum()
+    assert iou > 0.85, iou
 
 
 @pytest.mark.parametrize("table, problem", [
