@@ -48,6 +48,7 @@ from .maps import TileTable, write_maps
 from .markers import MARKERS, IntensityThresholds, Marker
 from .membrane import MembraneParams
 from .nuclei import NucleusParams
+from .qupath import MAX_NUCLEI, write_nuclei_geojson
 from .report.marks import Marks
 from .report.qc import Crop, class_names, write_qc_picture
 from .results import SCHEMA, slide_record
@@ -191,14 +192,22 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
                           options.thresholds, options.tile_size * options.working_mpp, Marks(roi, hotspot))
         cells_path = publish_csv(out_dir / "cells" / f"{slide_id}.csv", CELL_COLUMNS,  # streamed: millions of rows
                                zip(x.round(1).tolist(), y.round(1).tolist(), classes.tolist(),
-                                   intensity.round(4).tolist(), area.round(1).tolist(), strict=True))
+                                   # float64 first: a rounded float32 prints as -0.003100000089034438
+                                   intensity.astype(np.float64).round(4).tolist(),
+                                   area.astype(np.float64).round(1).tolist(), strict=True))
+        qupath, detections = {}, out_dir / "cells" / f"{slide_id}.geojson"   # the same nuclei for QuPath
+        if len(x) <= MAX_NUCLEI:
+            write_nuclei_geojson(detections, x, y, classes, intensity, area, mpp.x)
+            qupath["cells_geojson"] = str(detections.relative_to(out_dir))
+        else:
+            detections.unlink(missing_ok=True)                                # an earlier run's, now stale
         record = slide_record(
             schema=SCHEMA, slide_id=slide_id, slide_path=str(Path(path).resolve()), slide_fingerprint=fp,
             params=params, marker=marker, counts=counts, table=table, basis=scored.basis, mpp=mpp.x,
             mpp_source=mpp.source, reason=reason, hotspot=hotspot, roi=roi, tissue=tissue,
             region_mm2=float(region.sum()) * tissue.scale[0] * tissue.scale[1] * mpp.x * mpp.y / 1e6,
             outputs={"qc": str(qc_path.relative_to(out_dir)), "cells": str(cells_path.relative_to(out_dir)),
-                     **{k: str(v.relative_to(out_dir)) for k, v in maps.items()}},
+                     **qupath, **{k: str(v.relative_to(out_dir)) for k, v in maps.items()}},
             software_version=__version__, created=datetime.now(UTC).isoformat(timespec="seconds"))
     write_json(json_path, record)
     for warning in record["warnings"]:

@@ -11,6 +11,7 @@ then encoded as JPEG.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
@@ -25,6 +26,18 @@ QUALITY = 75
 
 class TileNotFoundError(LookupError):
     """A DeepZoom level or tile address outside the slide."""
+
+
+@dataclass(frozen=True)
+class TileRegion:
+    """A DeepZoom tile on the slide: its top-left pixel's level-0 corner, level-0 pixels per tile
+    pixel, and its size in pixels (overlap included). Tile pixel (i, j) covers level-0
+    ``[x0 + i * downsample, x0 + (i + 1) * downsample)`` and likewise in y."""
+
+    x0: float
+    y0: float
+    downsample: float
+    size: tuple[int, int]
 
 
 class _Pyramid:
@@ -46,9 +59,22 @@ class DeepZoom:
         self.slide, self.quality = slide, quality
         self.generator = DeepZoomGenerator(_Pyramid(slide), tile_size=TILE_SIZE, overlap=OVERLAP, limit_bounds=False)
 
-    def dzi(self) -> str:
-        """The ``.dzi`` XML descriptor."""
-        return self.generator.get_dzi(FORMAT)
+    def dzi(self, format: str = FORMAT) -> str:
+        """The ``.dzi`` XML descriptor (``format``: the tiles' file suffix; overlays use ``png``)."""
+        return self.generator.get_dzi(format)
+
+    def region(self, level: int, col: int, row: int) -> TileRegion:
+        """Where tile ``(col, row)`` of DeepZoom ``level`` lies on the slide, for overlays drawn on the
+        slide's own grid; :class:`TileNotFoundError` outside the pyramid."""
+        try:
+            size = self.generator.get_tile_dimensions(level, (col, row))
+        except ValueError as exc:
+            raise TileNotFoundError(f"level {level}, tile {col}_{row}: {exc}") from None
+        # DeepZoom level z is level 0 shrunk 2^(levels - 1 - z) times (limit_bounds=False: no offset);
+        # a tile starts OVERLAP px before its cell, except in the first row and column
+        downsample = float(2 ** (self.generator.level_count - 1 - level))
+        x, y = (t * TILE_SIZE - (OVERLAP if t else 0) for t in (col, row))
+        return TileRegion(x * downsample, y * downsample, downsample, size)
 
     def tile(self, level: int, col: int, row: int) -> Image.Image:
         """The RGB tile at ``(col, row)`` of DeepZoom ``level``; :class:`TileNotFoundError` outside the pyramid."""

@@ -9,7 +9,9 @@ What it serves, and nothing else:
 - ``/slides/<slide_id>.dzi``, ``/slides/<slide_id>_files/<level>/<col>_<row>.jpeg``: DeepZoom
   descriptors and tiles (OpenSlide's deepzoom-server convention) of the slides the folder's
   records name; pyramid levels only, never the label or macro image;
-- ``/api/...``: a slide's overlays (layers, tissue outline, shapes) as JSON and pictures;
+- ``/api/...``: a slide's overlays (layers, tissue outline, shapes, ROI, hotspot) as JSON and
+  pictures, and its IHC nuclei by class as a DeepZoom overlay on the slide's own tile grid
+  (``/api/slides/<slide_id>/nuclei.dzi``, ``.../nuclei_files/<level>/<col>_<row>.png``);
 - ``/static/...``: the page code and OpenSeadragon, from the package;
 - any other path: a file of the output folder with a picture, table or page suffix
   (``report.html`` and its pictures), never a folder listing, a hidden file, a slide file or a
@@ -38,6 +40,7 @@ from .cache import Memo
 from .catalog import Catalog, read_catalog
 from .deepzoom import TileNotFoundError
 from .ihc import output_file
+from .nuclei import Nuclei, read_nuclei, tile_png
 from .pages import index_page, viewer_page
 from .slidedata import NotViewableError, SlideData, load_slide
 
@@ -51,6 +54,7 @@ FOLDER_TYPES = (".html", ".png", ".jpg", ".jpeg", ".csv", ".json", ".geojson")  
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
                "script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+NUCLEI_CACHE = 512 * 2**20   # bytes of nuclei tables kept in memory (a million nuclei: 13 MB)
 
 
 class NotFoundError(LookupError):
@@ -116,6 +120,7 @@ class Viewer:
         self.tiles: Memo[bytes] = Memo(cache_mb * 2**20, len)
         self.pictures: Memo[bytes] = Memo(64 * 2**20, len)
         self.loaded: Memo[SlideData] = Memo(open_slides)
+        self.nuclei: Memo[Nuclei] = Memo(NUCLEI_CACHE, lambda n: n.nbytes)
         self.static = _static_files()
 
     # -- routing --------------------------------------------------------------------------------------------
@@ -141,6 +146,11 @@ class Viewer:
                 return Response(200, self._zoom(name[:-4]).dzi().encode(), TYPES[".dzi"], {"Cache-Control": "no-cache"})
             case ["slides", files, level, tile] if files.endswith("_files") and tile.endswith(".jpeg"):
                 return self._tile(files[:-len("_files")], level, tile[:-len(".jpeg")])
+            case ["api", "slides", sid, "nuclei.dzi"]:
+                self._nuclei(sid)          # read now: a table it cannot use fails here, before any tile
+                return Response(200, self._zoom(sid).dzi("png").encode(), TYPES[".dzi"], {"Cache-Control": "no-cache"})
+            case ["api", "slides", sid, "nuclei_files", level, tile] if tile.endswith(".png"):
+                return self._nuclei_tile(sid, level, tile[:-len(".png")])
             case ["favicon.ico"]:       # asked for by every page the browser opens here (report.html too)
                 return Response(204, b"", "image/x-icon", {"Cache-Control": "max-age=86400"})
             case ["api", "viewer"]:
@@ -172,13 +182,24 @@ class Viewer:
         return zoom
 
     def _tile(self, slide_id: str, level: str, address: str) -> Response:
-        numbers = [level, *address.split("_")]
-        if len(numbers) != 3 or not all(n.isascii() and n.isdigit() for n in numbers):
-            raise NotFoundError(address)
-        key = (slide_id, *map(int, numbers))
+        key = (slide_id, *_tile_address(level, address))
         zoom = self._zoom(slide_id)
         body = self.tiles.get(key, lambda: zoom.jpeg(*key[1:]))
         return Response(200, body, "image/jpeg", {"Cache-Control": "max-age=3600"})
+
+    def _nuclei(self, slide_id: str) -> Nuclei:
+        """The slide's nuclei, read from its cells table once (the most recently viewed stay in memory)."""
+        data = self.slide(slide_id)
+        if data.cells is None:
+            raise NotFoundError(slide_id)
+        return self.nuclei.get(slide_id, lambda: read_nuclei(data.cells, data.mpp, data.dimensions))
+
+    def _nuclei_tile(self, slide_id: str, level: str, address: str) -> Response:
+        z, col, row = _tile_address(level, address)
+        region = self._zoom(slide_id).region(z, col, row)
+        nuclei = self._nuclei(slide_id)
+        body = self.tiles.get((slide_id, "nuclei", z, col, row), lambda: tile_png(nuclei, region))
+        return Response(200, body, "image/png", {"Cache-Control": "max-age=3600"})
 
     def _layer(self, slide_id: str, index: str, scale: str) -> Response:
         data = self.slide(slide_id)
@@ -210,6 +231,14 @@ class Viewer:
 
 def _quote(text: str) -> str:
     return quote(text, safe="")
+
+
+def _tile_address(level: str, address: str) -> tuple[int, int, int]:
+    """(level, col, row) of a tile path's ``<level>/<col>_<row>``; :class:`NotFoundError` if not that."""
+    numbers = [level, *address.split("_")]
+    if len(numbers) != 3 or not all(n.isascii() and n.isdigit() for n in numbers):
+        raise NotFoundError(address)
+    return int(numbers[0]), int(numbers[1]), int(numbers[2])
 
 
 def _index(name: str, suffix: str, count: int) -> int:

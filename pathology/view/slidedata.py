@@ -61,6 +61,8 @@ class SlideData:
     shapes: list[str] = field(default_factory=list)
     record: dict | None = None             # the IHC result
     notes: list[str] = field(default_factory=list)
+    cells: Path | None = None              # the IHC cells table, drawn as the nuclei overlay on the slide
+    roi: dict | None = None                # the scored ROI's outline (IHC)
 
     def info(self, base: str) -> dict:
         """The JSON the viewer page is built from; URLs start with ``base`` (``/api/slides/<id>``)."""
@@ -73,6 +75,9 @@ class SlideData:
             "tissue": self.tissue,
             "shapes": [{"name": key, "url": f"{base}/shapes/{i}.geojson"} for i, key in enumerate(self.shapes)],
             "ihc": _ihc_summary(self.record), "notes": self.notes,
+            "nuclei": {"dzi": f"{base}/nuclei.dzi", "classes": ihc.legend(self.record)}
+            if self.cells is not None and self.record is not None else None,
+            "roi": self.roi,
         }
 
 
@@ -107,6 +112,12 @@ def load_slide(catalog: Catalog, slide_id: str, slides_dir: Path | None = None) 
     if record is not None:
         data.layers += ihc.tile_layers(catalog.root, record)
         data.shapes = ihc.shape_outputs(catalog.root, record)
+        if slide is not None and mpp:            # the nuclei are drawn on the slide's own tile grid
+            data.cells = ihc.cells_file(catalog.root, record)
+        try:
+            data.roi = ihc.roi_outline(catalog.root, record, slides_dir)
+        except (UserError, OSError) as exc:      # gone, changed, or unreadable: the rest still shows
+            notes.append(f"no ROI outline: {exc}")
         if slide is not None and not data.tissue:
             try:
                 data.tissue = ihc.tissue_rings(slide, record)
@@ -166,4 +177,4 @@ def _ihc_summary(record: dict | None) -> dict | None:
                 if isinstance(name, str) and name.lower().endswith(".png")]
     return {"marker": (record.get("marker") or {}).get("title", ""), "cells": record.get("cells"),
             "class_counts": record.get("class_counts"), "call": call.get("result"), "rule": call.get("rule"),
-            "warnings": record.get("warnings") or [], "pictures": pictures}
+            "warnings": record.get("warnings") or [], "pictures": pictures, "hotspot": ihc.hotspot(record)}

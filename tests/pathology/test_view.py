@@ -312,6 +312,7 @@ def test_nothing_outside_the_folder_is_served(server, run_dir, tmp_path):
         f"/slides/{QUOTED}_files/-1/0_0.jpeg", f"/slides/{QUOTED}_files/1/%C2%B2_0.jpeg", "/view/nope",
         f"/api/slides/{QUOTED}/layers/-1/percentile.png", f"/api/slides/{QUOTED}/layers/0/..%2fpercentile.png",
         f"/api/slides/{QUOTED}/shapes/0.geojson", "/%ff%fe",
+        f"/api/slides/{QUOTED}/nuclei.dzi", f"/api/slides/{QUOTED}/nuclei_files/0/0_0.png",   # no IHC: no nuclei
     ]
     statuses = {path: get(server, path)[0] for path in refused}
     assert statuses.pop("/") == 200
@@ -385,8 +386,8 @@ def test_label_and_macro_images_are_never_served(tmp_path):
 
 
 def make_ihc_folder(root: Path) -> Path:
-    """`pathology ihc` on a synthetic ER field into ``root/out``, and a QuPath GeoJSON of nuclei named
-    in the record's outputs (as the IHC scorer may write them)."""
+    """`pathology ihc` on a synthetic ER field into ``root/out`` (the generator's truth in
+    ``root/slides/field.json``), and a QuPath GeoJSON (one point) named in the record's outputs."""
     write_cell_field(root / "slides" / "field.svs", CellFieldConfig(width=1536, height=1024, seed=5))
     out = root / "out"
     result = CliRunner().invoke(app, ["ihc", str(root / "slides"), "--marker", "er", "--out", str(out)])
@@ -394,10 +395,10 @@ def make_ihc_folder(root: Path) -> Path:
     nuclei = {"type": "FeatureCollection", "features": [
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [100.5, 200.5]},
          "properties": {"objectType": "detection", "classification": {"name": "3+", "color": [230, 0, 30]}}}]}
-    (out / "nuclei").mkdir()
-    (out / "nuclei" / "field.geojson").write_text(json.dumps(nuclei))
+    (out / "review").mkdir()
+    (out / "review" / "field.geojson").write_text(json.dumps(nuclei))
     record = json.loads((out / "field.json").read_text())
-    record["outputs"]["nuclei"] = "nuclei/field.geojson"
+    record["outputs"]["review"] = "review/field.geojson"
     (out / "field.json").write_text(json.dumps(record))
     return out
 
@@ -422,13 +423,13 @@ def test_ihc_folder_shows_scores_tiles_and_shapes(ihc_dir):
         assert (layers["H-score"]["top"][0]["x"], layers["H-score"]["top"][0]["y"]) == (int(best["x"]), int(best["y"]))
         assert layers["H-score"]["top"][0]["value"] == pytest.approx(float(best["h_score"]))
         assert info["ihc"]["cells"] == json.loads((ihc_dir / "field.json").read_text())["cells"] > 0
-        assert info["tissue"]
+        assert info["tissue"] == []                 # a field of view (768 µm across) is scored whole: no outline
         pictures = {p["name"]: p["url"] for p in info["ihc"]["pictures"]}
         assert set(pictures) == {"qc", "positivity", "intensity"}
         assert all(get(server, url)[0] == 200 for url in pictures.values())
-        assert [s["name"] for s in info["shapes"]] == ["nuclei"]
+        assert [s["name"] for s in info["shapes"]] == ["review"]
         status, _, body = get(server, info["shapes"][0]["url"])
-        assert status == 200 and body == (ihc_dir / "nuclei" / "field.geojson").read_bytes()
+        assert status == 200 and body == (ihc_dir / "review" / "field.geojson").read_bytes()
         assert get(server, "/slides/field.dzi")[0] == 200 and get(server, "/slides/field_files/0/0_0.jpeg")[0] == 200
 
 

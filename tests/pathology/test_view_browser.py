@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import csv
 import io
 import json
 import os
@@ -26,6 +27,7 @@ from PIL import Image
 
 from pathology.view.server import ViewServer
 from tests.pathology.test_view import QUOTED, SLIDE_ID, make_ihc_folder, make_run_folder
+from tests.pathology.test_view_ihc import COLOURS, MPP, make_ki67_folder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WIDTH, HEIGHT = 1280, 800
@@ -231,6 +233,10 @@ def test_ihc_page_shows_tile_scores_and_draws_named_shapes(browser, tmp_path):
         browser.wait(IDLE)
         options = browser.evaluate("[...document.getElementById('layer').options].map((o) => o.text)")
         assert options == ["none", "% positive", "H-score"]
+        browser.evaluate("document.getElementById('show-nuclei').click()")     # the nuclei off: the shape alone
+        browser.wait(IDLE)
+        assert browser.evaluate("viewerState.viewer.world.getItemCount()") == 1
+        choose_layer(browser, "% positive")
         # one fixed colour scale: no scale to choose
         assert browser.evaluate("getComputedStyle(document.getElementById('scale-row')).display") == "none"
         before = browser.screenshot()
@@ -240,4 +246,81 @@ def test_ihc_page_shows_tile_scores_and_draws_named_shapes(browser, tmp_path):
         x, y = screen_point(browser, 100.5, 200.5)                 # the one nucleus, drawn in its class colour
         after = browser.screenshot()
         assert tuple(after[y, x]) == (230, 0, 30) and tuple(before[y, x]) != (230, 0, 30)
+    assert browser.errors() == []
+
+
+def fit(browser: Chromium, x: float, y: float, w: float, h: float) -> None:
+    """Show the level-0 box (x, y, w, h), at once."""
+    browser.evaluate(f"""viewerState.viewer.viewport.fitBounds(new OpenSeadragon.Rect({x} / viewerState.width,
+        {y} / viewerState.width, {w} / viewerState.width, {h} / viewerState.width), true) && null""")
+    # two frames: OpenSeadragon asks for the new view's tiles on its next update, until then it is "loaded"
+    browser.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => done(null))))")
+    browser.wait(IDLE)
+
+
+def close_to(pixel: np.ndarray, colour: tuple[int, int, int], tolerance: int = 12) -> bool:
+    return bool(np.abs(pixel.astype(int) - colour).max() <= tolerance)
+
+
+def test_ihc_page_draws_nuclei_by_class_the_hotspot_and_the_roi(browser, tmp_path):
+    """A Ki-67 result scored in an ROI: the nuclei layer is on, draws each nucleus of the cells table
+    in its class colour (a ring just outside it, close up) and toggles off; the hotspot is circled
+    in magenta and its entry takes the view to it; the ROI is outlined in green."""
+    out = make_ki67_folder(tmp_path)
+    record = json.loads((out / "slide.json").read_text())
+    with open(out / "cells" / "slide.csv") as fh:
+        cells = [(float(r["x"]), float(r["y"]), int(r["class"]), float(r["area_um2"])) for r in csv.DictReader(fh)]
+    with ViewServer(out, port=0) as server:
+        browser.send("Page.navigate", browser.session, url=f"{server.url}view/slide")
+        browser.wait(IDLE)
+        Image.fromarray(browser.screenshot()).save(tmp_path / "ki67.png")
+        assert browser.evaluate("document.getElementById('layer').value") == "-1"   # opens on the nuclei
+        assert browser.evaluate("viewerState.viewer.world.getItemCount()") == 2
+        legend = browser.evaluate("[...document.querySelectorAll('#nuclei .legend')].map((e) => e.textContent)")
+        assert legend == [f"{name}: {count}" for name, count in zip(
+            ("negative", "1+ weak", "2+ moderate", "3+ strong"), record["class_counts"].values())]
+
+        # close up on a 3+ nucleus and a 1+ one: each ringed in its class colour, 1 px outside it
+        for wanted in (3, 1):
+            x, y, _, area = next(c for c in cells if c[2] == wanted and 300 < c[0] < 900 and 300 < c[1] < 900)
+            fit(browser, x - 60, y - 40, 120, 80)
+            r = np.sqrt(area / np.pi) / MPP
+            shot = browser.screenshot()
+            # the ring lies between the nucleus's radius and 2 px outside it, about its centre pixel
+            ring = [screen_point(browser, int(x) + 0.5 + sx * (round(2 * r) / 2 + 1), int(y) + 0.5)
+                    for sx in (-1, 1)]
+            assert all(close_to(shot[py, px], COLOURS[wanted]) for px, py in ring), (wanted, ring)
+            cx, cy = screen_point(browser, int(x) + 0.5, int(y) + 0.5)
+            assert not any(close_to(shot[cy, cx], c, 40) for c in COLOURS)      # the nucleus itself shows
+            if wanted == 3:
+                Image.fromarray(shot).save(tmp_path / "nuclei_3plus.png")
+                browser.evaluate("document.getElementById('show-nuclei').click()")
+                browser.wait(IDLE)
+                assert browser.evaluate("viewerState.viewer.world.getItemCount()") == 1
+                off = browser.screenshot()
+                assert not any(close_to(off[py, px], COLOURS[3], 40) for px, py in ring)
+                browser.evaluate("document.getElementById('show-nuclei').click()")
+                browser.wait(IDLE)
+
+        # the hotspot's entry takes the view to it: its centre in the middle, its circle magenta
+        spot = record["hotspot"]
+        browser.evaluate("document.getElementById('hotspot').click()")
+        browser.wait(IDLE)
+        osd = browser.evaluate("(() => { const r = document.getElementById('osd').getBoundingClientRect();"
+                               " return [r.left, r.top, r.width, r.height]; })()")
+        cx, cy = screen_point(browser, *spot["centre_level0"])
+        assert abs(cx - (osd[0] + osd[2] / 2)) < 3 and abs(cy - (osd[1] + osd[3] / 2)) < 3
+        shot = browser.screenshot()
+        Image.fromarray(shot).save(tmp_path / "hotspot.png")
+        radius = spot["radius_um"] / record["mpp_level0"]
+        for angle in (0.3, 2.0, 4.0):
+            px, py = screen_point(browser, spot["centre_level0"][0] + radius * np.cos(angle),
+                                  spot["centre_level0"][1] + radius * np.sin(angle))
+            assert close_to(shot[py, px], (230, 0, 200), 30), angle
+        # the ROI's left edge (x = 100 level-0 px) is green where the hotspot view shows it
+        px, py = screen_point(browser, 100, 600)
+        assert osd[0] < px and close_to(shot[py, px], (0, 200, 60), 30)
+        browser.evaluate("document.getElementById('show-roi').click()")
+        browser.wait(IDLE)
+        assert not close_to(browser.screenshot()[py, px], (0, 200, 60), 30)
     assert browser.errors() == []

@@ -2,12 +2,15 @@
 //
 // The slide's JSON (/api/slides/<id>) gives its size, µm/px, calls, score layers (a picture
 // laid over the whole slide, its colour bar and the boxes at both ends), tissue outline and
-// shapes. Viewport units are level-0 pixels / slide width, whatever picture the tiles come from.
+// shapes; for IHC the nuclei by class (a second tiled image on the slide's own DeepZoom grid), the
+// scored ROI and the Ki-67 hotspot. Viewport units are level-0 pixels / slide width, whatever
+// picture the tiles come from.
 (function () {
   "use strict";
   const config = JSON.parse(document.getElementById("config").textContent);
   const $ = (id) => document.getElementById(id);
-  const state = { ready: false, layer: -1, layerImage: null, selected: null, shapes: {} };
+  const state = { ready: false, layer: -1, layerImage: null, selected: null, shapes: {}, nuclei: null,
+                  nucleiWanted: false };
   window.viewerState = state;   // read by the tests and handy in the browser console
 
   function element(tag, attrs, text) {
@@ -53,8 +56,10 @@
       viewer.canvas.appendChild(canvas);
       viewer.addControl(scalebar, { anchor: OpenSeadragon.ControlAnchor.BOTTOM_LEFT });
       state.ready = true;
-      showLayer(info.layers.length ? 0 : -1);
+      // an IHC slide opens on its nuclei; the tile scores are one pick away
+      showLayer(info.layers.length && !info.nuclei ? 0 : -1);
       select.value = String(state.layer);
+      if (info.nuclei) showNuclei($("show-nuclei").checked);
     });
     viewer.addHandler("open-failed", (e) => note("cannot open the slide's tiles: " + e.message, "error"));
     viewer.addHandler("update-viewport", redraw);
@@ -74,7 +79,12 @@
       const label = l.group === "attention" ? l.name + " attention" : l.name;
       select.appendChild(element("option", { value: String(i) }, label));
     });
-    if (info.layers.length || info.tissue.length || info.shapes.length) $("controls").hidden = false;
+    if (info.layers.length || info.tissue.length || info.shapes.length || info.roi) $("controls").hidden = false;
+    if (info.roi) {
+      $("roi-row").hidden = false;
+      $("show-tissue").checked = false;     // the ROI is what was scored
+      $("show-roi").addEventListener("change", redraw);
+    }
     select.addEventListener("change", () => showLayer(Number(select.value)));
     $("opacity").addEventListener("input", redraw);
     $("show-tissue").addEventListener("change", redraw);
@@ -94,6 +104,7 @@
       const layer = info.layers[i];
       const scale = layer && (layer.scales.find((s) => s.name === state.scale) || layer.scales[0]);
       $("scale-row").hidden = !layer || layer.scales.length < 2;
+      $("show-boxes").parentElement.hidden = !layer;     // the boxes are a layer's
       if (layer) {
         $("scale").replaceChildren(...layer.scales.map((s) => element("option", { value: s.name },
                                                                       SCALE_NAMES[s.name] || s.name)));
@@ -158,7 +169,11 @@
       if (li) li.classList.add("selected");
       state.selected = b;
       // the box and two of its sides of context around it
-      viewer.viewport.fitBounds(new OpenSeadragon.Rect((b.x - b.w) / W, (b.y - b.h) / W, 3 * b.w / W, 3 * b.h / W));
+      fit(b.x - b.w, b.y - b.h, 3 * b.w, 3 * b.h);
+    }
+
+    function fit(x, y, w, h) {   // level-0 pixels
+      viewer.viewport.fitBounds(new OpenSeadragon.Rect(x / W, y / W, w / W, h / W));
       redraw();
     }
 
@@ -173,6 +188,52 @@
         jump(hit, hit.item);
       }
     });
+
+    // -- nuclei by class (IHC): transparent PNG tiles on the slide's grid, drawn by OpenSeadragon ----------
+    if (info.nuclei) nucleiPanel(info.nuclei);
+
+    function nucleiPanel(nuclei) {
+      const box = $("nuclei");
+      const label = element("label", { class: "row" });
+      const toggle = element("input", { type: "checkbox", id: "show-nuclei", checked: "" });
+      label.append(toggle, "nuclei by class");
+      box.appendChild(label);
+      nuclei.classes.forEach((c) => {
+        const line = element("div", { class: "legend" });
+        const dot = element("span", { class: "dot" });
+        dot.style.background = c.colour;
+        line.append(dot, `${c.name}: ${c.count === null || c.count === undefined ? "?" : c.count}`);
+        box.appendChild(line);
+      });
+      box.appendChild(element("div", { class: "help" }, "Zoomed out, a pixel shows the mix of the nuclei in it."));
+      toggle.addEventListener("change", () => showNuclei(toggle.checked));
+    }
+
+    function showNuclei(on) {
+      state.nucleiWanted = on;
+      if (state.nuclei) {
+        viewer.world.removeItem(state.nuclei);
+        state.nuclei = null;
+      }
+      if (!on) return;
+      const failed = (message) => {
+        state.nucleiWanted = false;
+        $("show-nuclei").checked = false;
+        note("no nuclei overlay: " + message, "error");
+      };
+      // the descriptor first: a cells table the server cannot read says why
+      fetch(info.nuclei.dzi)
+        .then((r) => (r.ok ? null : r.text().then((t) => Promise.reject(new Error(t.trim())))))
+        .then(() => viewer.addTiledImage({
+          tileSource: info.nuclei.dzi, x: 0, y: 0, width: 1,
+          success: (e) => {
+            if (state.nucleiWanted && !state.nuclei) state.nuclei = e.item;
+            else viewer.world.removeItem(e.item);     // switched off (or on twice) meanwhile
+          },
+          error: (e) => failed(e.message),
+        }))
+        .catch((err) => failed(String(err.message || err)));
+    }
 
     // -- shapes (IHC GeoJSON outputs) ------------------------------------------------------------
     info.shapes.forEach((shape) => {
@@ -224,6 +285,21 @@
         ctx.lineWidth = 2 * px;
         ctx.beginPath();
         info.tissue.forEach((ring) => path(ctx, ring));
+        ctx.stroke();
+      }
+      if (info.roi && $("show-roi").checked) {
+        ctx.strokeStyle = info.roi.colour;
+        ctx.lineWidth = 3 * px;
+        ctx.beginPath();
+        info.roi.rings.forEach((ring) => path(ctx, ring));
+        ctx.stroke();
+      }
+      const spot = info.ihc && info.ihc.hotspot;
+      if (spot && $("show-hotspot").checked) {
+        ctx.strokeStyle = spot.colour;
+        ctx.lineWidth = 3 * px;
+        ctx.beginPath();
+        ctx.arc(spot.x, spot.y, spot.r, 0, 2 * Math.PI);
         ctx.stroke();
       }
       Object.values(state.shapes).forEach((features) => features.forEach((f) => drawFeature(ctx, f, px)));
@@ -286,7 +362,10 @@
       box.appendChild(element("h2", {}, s.marker || "IHC"));
       if (s.call) box.appendChild(element("div", {}, "call: " + s.call));
       if (s.cells !== null && s.cells !== undefined) box.appendChild(element("div", {}, s.cells + " cells"));
-      Object.entries(s.class_counts || {}).forEach(([k, v]) => box.appendChild(element("div", {}, k + ": " + v)));
+      if (!info.nuclei) {   // otherwise the nuclei legend shows the counts
+        Object.entries(s.class_counts || {}).forEach(([k, v]) => box.appendChild(element("div", {}, k + ": " + v)));
+      }
+      if (s.hotspot) hotspotEntry(s.hotspot);
       (s.pictures || []).forEach((p) => {
         const line = element("div");
         line.appendChild(element("a", { href: p.url, target: "_blank" }, p.name + " picture"));
@@ -296,10 +375,26 @@
       $("controls").hidden = false;
     }
 
+    function hotspotEntry(h) {
+      const label = element("label", { class: "row" });
+      const toggle = element("input", { type: "checkbox", id: "show-hotspot", checked: "" });
+      toggle.addEventListener("change", redraw);
+      label.append(toggle, "Ki-67 hotspot");
+      const entry = element("div", { id: "hotspot", class: "jump", title: "go to the hotspot" });
+      const ring = element("span", { class: "swatch round" });
+      ring.style.borderColor = h.colour;
+      const where = h.equals_global ? " (all nuclei: = global index)" : "";
+      entry.append(ring, `index ${h.index}% · ${h.positive} of ${h.cells} nuclei in ${h.area_mm2} mm²${where}`);
+      // the circle and a fifth of its diameter of context around it
+      entry.addEventListener("click", () => fit(h.x - 1.2 * h.r, h.y - 1.2 * h.r, 2.4 * h.r, 2.4 * h.r));
+      $("ihc").append(label, entry);
+    }
+
     // the tests wait for this: the slide and the overlay shown are drawn in full
     state.idle = () => {
       if (!state.ready || viewer.world.getItemCount() === 0) return false;
       if (state.layer >= 0 && !state.layerImage) return false;
+      if (state.nucleiWanted && !state.nuclei) return false;
       for (let i = 0; i < viewer.world.getItemCount(); i++) {
         if (!viewer.world.getItemAt(i).getFullyLoaded()) return false;
       }
