@@ -12,6 +12,7 @@ import glob
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import InputError
 from .slide import SLIDE_EXTENSIONS
@@ -24,6 +25,7 @@ WSI_EXTENSIONS = SLIDE_EXTENSIONS - {".png", ".jpg", ".jpeg"}
 
 
 MPP_COLUMN = "mpp"
+Options = TypeVar("Options")   # a frozen dataclass with an ``mpp`` field (TileOptions, IHCOptions)
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class SlideInput:
     path: Path
     mpp: float | None = None   # level-0 µm/px from the manifest's ``mpp`` column; None: metadata or --mpp
 
-    def with_mpp(self, options):
+    def with_mpp(self, options: Options) -> Options:
         """``options`` (a frozen dataclass with an ``mpp`` field) with this slide's µm/px, when the
         manifest gives one: a slide's own value wins over the batch's ``--mpp``."""
         return options if self.mpp is None else replace(options, mpp=self.mpp)
