@@ -1,13 +1,22 @@
-"""Turn command-line INPUTS (files, folders, globs, a manifest CSV) into named slides."""
+"""Turn command-line INPUTS (files, folders, globs, a manifest CSV) into named slides.
+
+A manifest may carry per-slide settings beside ``slide_id`` and ``slide_path``: ``mpp``
+(the slide's level-0 µm/px, for plain images and scanners that record none; it overrides the
+slide's metadata and ``--mpp`` for that slide, as ``--mpp`` does for the whole batch) and
+``roi_path`` (read by :func:`pathology.roi.roi_source`).
+"""
 
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import InputError
 from .slide import SLIDE_EXTENSIONS
+from .slide.base import MPP_PLAUSIBLE
 from .table import read_table, where
 
 # Folder scans pick up whole-slide formats only: plain images in a slide folder are
@@ -15,10 +24,20 @@ from .table import read_table, where
 WSI_EXTENSIONS = SLIDE_EXTENSIONS - {".png", ".jpg", ".jpeg"}
 
 
+MPP_COLUMN = "mpp"
+Options = TypeVar("Options")   # a frozen dataclass with an ``mpp`` field (TileOptions, IHCOptions)
+
+
 @dataclass(frozen=True)
 class SlideInput:
     slide_id: str
     path: Path
+    mpp: float | None = None   # level-0 µm/px from the manifest's ``mpp`` column; None: metadata or --mpp
+
+    def with_mpp(self, options: Options) -> Options:
+        """``options`` (a frozen dataclass with an ``mpp`` field) with this slide's µm/px, when the
+        manifest gives one: a slide's own value wins over the batch's ``--mpp``."""
+        return options if self.mpp is None else replace(options, mpp=self.mpp)
 
 
 def slide_id_for(path: Path) -> str:
@@ -61,13 +80,32 @@ def read_manifest_slides(manifest: Path) -> list[SlideInput]:
             problems.append(f"{at}: empty slide_path for {sid!r}")
             continue
         path = Path(rel) if Path(rel).is_absolute() else manifest.parent / rel
+        mpp = _mpp(row.get(MPP_COLUMN, ""), where(table.loc(i), MPP_COLUMN), problems)
         if not path.exists():
             problems.append(f"{at}: slide_path {rel!r} not found ({path})")
             continue
-        out.append(SlideInput(sid, path))
+        out.append(SlideInput(sid, path, mpp))
     if problems:
         raise InputError("\n".join(problems))
     return out
+
+
+def _mpp(cell: str, at: str, problems: list[str]) -> float | None:
+    """A manifest's ``mpp`` cell: empty (None: the slide's metadata, or --mpp) or a positive
+    number of µm per level-0 pixel, plausible for a microscope (the range metadata is held to)."""
+    if not cell:
+        return None
+    try:
+        value = float(cell.replace(",", ".") if cell.count(",") == 1 and "." not in cell else cell)
+    except ValueError:
+        problems.append(f"{at}: {cell!r} is not a number (µm per level-0 pixel, e.g. 0.25 for 40x, 0.5 for 20x)")
+        return None
+    lo, hi = MPP_PLAUSIBLE
+    if not math.isfinite(value) or not lo <= value <= hi:
+        problems.append(f"{at}: {cell!r} is not a plausible µm/px (expected {lo:g}-{hi:g}, e.g. 0.25 for 40x, "
+                        "0.5 for 20x)")
+        return None
+    return value
 
 
 def expand_inputs(inputs: list[str]) -> list[SlideInput]:

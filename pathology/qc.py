@@ -1,5 +1,5 @@
 """The per-slide QC picture a pathologist checks: thumbnail, tissue outline, excluded pen
-ink and the kept patch grid, under a title bar with a legend."""
+ink, the ROI tiled (when there is one) and the kept patch grid, under a title bar with a legend."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 OUTLINE_COLOUR = (0, 215, 80)      # tissue outline: green stands out on pink tissue and white glass
 PEN_COLOUR = (255, 200, 0)         # hatching over excluded ink: yellow shows on red, green and black ink
 GRID_COLOUR = (20, 70, 230)        # kept patches: thin blue lines, more transparent when dense
+ROI_COLOUR = (225, 0, 150)         # the ROI's outline: magenta, unlike tissue, ink, grid and H&E
 BAR_COLOUR = (32, 32, 36)
 TEXT_COLOUR = (240, 240, 240)
 MIN_SIDE = 1000                    # smaller thumbnails are upscaled (integer factor) to at least this
@@ -41,13 +42,15 @@ def write_qc_image(path: str | Path, thumbnail_rgb: np.ndarray, tissue_mask: np.
 
 
 def render_qc_image(thumbnail_rgb: np.ndarray, tissue_mask: np.ndarray, boxes: np.ndarray,
-                    pen_mask: np.ndarray | None = None, title: str | None = None) -> Image.Image:
-    """The QC picture as a PIL image (see :func:`write_qc_image`)."""
+                    pen_mask: np.ndarray | None = None, title: str | None = None,
+                    roi_mask: np.ndarray | None = None) -> Image.Image:
+    """The QC picture as a PIL image (see :func:`write_qc_image`); ``roi_mask`` (the
+    thumbnail's size) is outlined just outside its edge, holes included."""
     thumb = np.asarray(thumbnail_rgb)
     if thumb.ndim != 3 or thumb.shape[2] != 3 or thumb.dtype != np.uint8:
         raise ValueError(f"thumbnail must be RGB uint8 (h, w, 3), got {thumb.dtype} {thumb.shape}")
     h, w = thumb.shape[:2]
-    for name, m in (("tissue_mask", tissue_mask), ("pen_mask", pen_mask)):
+    for name, m in (("tissue_mask", tissue_mask), ("pen_mask", pen_mask), ("roi_mask", roi_mask)):
         if m is not None and np.shape(m) != (h, w):
             raise ValueError(f"{name} is {np.shape(m)}, the thumbnail {(h, w)}")
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -65,9 +68,11 @@ def render_qc_image(thumbnail_rgb: np.ndarray, tissue_mask: np.ndarray, boxes: n
         pixels[yy[stripe], xx[stripe]] = PEN_COLOUR
     tissue = _upscale_mask(tissue_mask, size)
     pixels[_outer_band(tissue, line)] = OUTLINE_COLOUR
+    if roi_mask is not None:
+        pixels[_outer_band(_upscale_mask(roi_mask, size), line)] = ROI_COLOUR
     picture = Image.fromarray(pixels)
     _draw_grid(picture, boxes * scale)
-    return _with_title_bar(picture, title, len(boxes))
+    return _with_title_bar(picture, title, len(boxes), roi=roi_mask is not None)
 
 
 def _upscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -105,7 +110,7 @@ def _draw_grid(picture: Image.Image, boxes: np.ndarray) -> None:
     picture.paste(Image.alpha_composite(picture.convert("RGBA"), layer).convert("RGB"))
 
 
-def _with_title_bar(picture: Image.Image, title: str | None, n_boxes: int) -> Image.Image:
+def _with_title_bar(picture: Image.Image, title: str | None, n_boxes: int, roi: bool = False) -> Image.Image:
     """Title (wrapped to the width) and a legend, in a dark bar above the picture."""
     w = picture.width
     font = _font(max(14, round(w / 70)))
@@ -113,7 +118,7 @@ def _with_title_bar(picture: Image.Image, title: str | None, n_boxes: int) -> Im
     pad = font.size // 2
     lines = _wrap(title, font, w - 2 * pad) if title else []
     legend = [(OUTLINE_COLOUR, "tissue outline"), (PEN_COLOUR, "pen ink (excluded)"),
-              (GRID_COLOUR, f"kept patches ({n_boxes})")]
+              *([(ROI_COLOUR, "ROI")] if roi else []), (GRID_COLOUR, f"kept patches ({n_boxes})")]
     line_h = font.size + pad // 2
     bar_h = pad + len(lines) * line_h + small.size + pad + pad // 2
     out = Image.new("RGB", (w, picture.height + bar_h), BAR_COLOUR)

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from skimage.draw import polygon as draw_polygon
 
 from .errors import InputError
 from .table import read_table, where
@@ -377,6 +376,8 @@ def _in_ring(ring: Ring, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _fill(ring: Ring, x0: float, y0: float, dx: float, dy: float, shape: tuple[int, int]) -> np.ndarray:
     """Pixels of a ``shape`` grid (pixel (i, j) spanning level-0 [x0 + j·dx, x0 + (j+1)·dx) × ...)
     whose centre lies inside ``ring``."""
+    from skimage.draw import polygon as draw_polygon  # imported here: `pathology tile` without an ROI needs none
+
     out = np.zeros(shape, bool)
     rows, cols = draw_polygon((ring[:, 1] - y0) / dy - 0.5, (ring[:, 0] - x0) / dx - 0.5, shape)
     out[rows, cols] = True

@@ -35,7 +35,8 @@ def attention_source(attention: Path | None, model: Path | None, n_bags: int) ->
 
 def heatmap_command(
     bag: Annotated[list[str], typer.Option("--bag", "-b", help="Bag files (.h5), folders of bags or globs; "
-                                                                "repeatable.", show_default=False)],
+                                                                "repeatable. CLAM/TRIDENT feature files work "
+                                                                "too, with --slide.", show_default=False)],
     out: Out("Folder for <slide_id>/<target>.* outputs and status.csv."),
     attention: Annotated[Path | None, typer.Option(help="Attention file from `mil predict` "
                                                         "(attention/<slide_id>.h5), or its folder.")] = None,
@@ -44,7 +45,8 @@ def heatmap_command(
                                                file_okay=False)] = None,
     slide: Annotated[Path | None, typer.Option(help="The slide file, or a folder of slides; only read for a "
                                                     "picture finer than the bag's thumbnail or a montage of a "
-                                                    "coords-only bag (default: the path in the bag).")] = None,
+                                                    "coords-only bag (default: the path in the bag). Required "
+                                                    "for CLAM/TRIDENT feature files.")] = None,
     target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Target (task) to draw (repeatable; "
                                                                             "default: every one in the "
                                                                             "attention).")] = None,

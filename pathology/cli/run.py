@@ -17,6 +17,7 @@ from ..embed import EmbedOptions
 from ..embed.stage import EncoderChoice
 from ..heatmap import NORMALIZERS, HeatmapOptions
 from ..inputs import expand_inputs, parse_shard, take_shard
+from ..roi import roi_source
 from ..run.pipeline import PredictOptions, results_rows, run_stages, slide_reports, write_results
 from ..run.report import write_report
 from ..run.settings import check_encoder, encoder_settings, tile_options
@@ -45,12 +46,19 @@ from .common import (
 
 def run_command(
     inputs: Annotated[list[str], typer.Argument(help="Slide files, folders, globs or a manifest CSV "
-                                                     "(columns slide_id, slide_path).", show_default=False)],
+                                                     "(columns slide_id, slide_path; optional mpp, roi_path).",
+                                                show_default=False)],
     model: RunFolder(),
     out: Out("Output folder (bags, attention, heatmaps, results.csv, status.csv, report.html)."),
     weights: Annotated[Path | None, typer.Option(help="Encoder weights file, if the run's encoder needs one "
                                                       "that is not in the local cache.", dir_okay=False)] = None,
     mpp: Mpp = None,
+    roi: Annotated[Path | None, typer.Option(help="GeoJSON annotation (QuPath export, level-0 pixels) of the region "
+                                                  "to analyse: one file for one slide, or a folder of "
+                                                  "<slide_id>.geojson. A manifest's roi_path column also works.",
+                                             show_default=False)] = None,
+    roi_class: Annotated[list[str] | None, typer.Option(help="Only ROI annotations of this QuPath class (e.g. "
+                                                             "Tumor); repeatable.", show_default=False)] = None,
     stain_ref: Annotated[Path | None, typer.Option(help="The custom stain reference the run was trained with.",
                                                    exists=True, dir_okay=False)] = None,
     device: Device = "auto",
@@ -83,6 +91,9 @@ def run_command(
     with reported(console):
         shard_spec = parse_shard(shard)
         slides = take_shard(expand_inputs(inputs), shard_spec)
+        rois = roi_source(roi, inputs, [s.slide_id for s in slides], roi_class or ())
+        for s in slides:        # every ROI file read once up front: a bad one stops the batch before any work
+            rois.load(s.slide_id)
         run = load_run(model, device=device if choice.is_local else "cpu")
         tiling = tile_options(run.config, model, mpp=mpp, stain_ref=stain_ref)
         features = encoder_settings(run.config, model)
@@ -93,7 +104,7 @@ def run_command(
         heat = HeatmapOptions(normalization=normalize, max_size=max_size, top_k=top_k)
         options = PredictOptions(model, out, heat, device)
         stages = run_stages(options, tiling, encoder, EmbedOptions(batch_size=batch_size, threads=threads), threads,
-                            stage_dir)
+                            stage_dir, rois or None)
         engine = choice.build(states=[None, loaded, None])
     if not slides:
         console.print("nothing to do: this shard holds no slides")

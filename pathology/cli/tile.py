@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ..batch import run_batch, status_path, summary_table
 from ..inputs import expand_inputs, parse_shard, take_shard
+from ..roi import roi_source
 from ..stain import METHODS
 from ..tiling.grid import GridSpec
 from ..tiling.pipeline import TileOptions
@@ -57,12 +58,20 @@ class OnBadTile(str, Enum):
 
 def tile_command(
     inputs: Annotated[list[str], typer.Argument(help="Slide files, folders, globs or a manifest CSV "
-                                                     "(columns slide_id, slide_path).", show_default=False)],
+                                                     "(columns slide_id, slide_path; optional mpp, roi_path).",
+                                                show_default=False)],
     out: Out("Folder for <slide_id>.h5 bags, qc/ pictures and status.csv."),
     target_mpp: Annotated[float, typer.Option(help="Patch resolution in µm/px (0.5 ≈ 20x, 0.25 ≈ 40x).")] = 0.5,
     patch_size: Annotated[int, typer.Option(help="Patch side in pixels at the target resolution.")] = 256,
     overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring patches.")] = 0,
-    min_tissue: Annotated[float, typer.Option(help="Minimum tissue share of a kept patch.")] = 0.5,
+    min_tissue: Annotated[float, typer.Option(help="Minimum tissue share of a kept patch (with --roi: of tissue "
+                                                   "inside the ROI).")] = 0.5,
+    roi: Annotated[Path | None, typer.Option(help="GeoJSON annotation (QuPath export, level-0 pixels) of what to "
+                                                  "tile: one file for one slide, or a folder of <slide_id>.geojson. "
+                                                  "A manifest's roi_path column also works.",
+                                             show_default=False)] = None,
+    roi_class: Annotated[list[str] | None, typer.Option(help="Only ROI annotations of this QuPath class (e.g. "
+                                                             "Tumor); repeatable.", show_default=False)] = None,
     stain: Annotated[Stain, typer.Option(help="Stain normalization (IHC: none, or macenko/vahadane "
                                               "with H-DAB handling).")] = Stain["none"],
     stain_ref: Annotated[Path | None, typer.Option(help="Reference image for normalization "
@@ -97,7 +106,9 @@ def tile_command(
 ) -> None:
     """Find tissue, cut patches at a target µm/px, stain-normalize, and write one bag per slide.
 
-    Reruns skip slides whose bag is complete with the same parameters and was made from the same
+    With --roi, only patches whose tissue inside the ROI (holes excluded) reaches --min-tissue are kept.
+
+    Reruns skip slides whose bag is complete with the same parameters and ROI and was made from the same
     slide file (size, modification time and content samples; --verify-slides: the whole file).
 
     A bad slide is reported and skipped; the exit code is 1 if any slide failed, 2 for bad input.
@@ -113,11 +124,15 @@ def tile_command(
             tissue=TissueParams(mask_mpp=mask_mpp), stain=stain.value,
             stain_ref=str(stain_ref) if stain_ref else None, kind=kind.value, backend=backend.value, mpp=mpp,
             store_patches=not no_patches, compression=compression.value)
+        rois = roi_source(roi, inputs, [s.slide_id for s in slides], roi_class or ())
+        for s in slides:        # every ROI file read once up front: a bad one stops the batch before any work
+            rois.load(s.slide_id)
     if not slides:
         console.print("nothing to do: this shard holds no slides")
         return
     _, threads = choice.slide_threads(len(slides))
-    stage = tile_stage(out, options, threads, stage_dir, on_bad_tile=on_bad_tile.value, verify_slides=verify_slides)
+    stage = tile_stage(out, options, threads, stage_dir, on_bad_tile=on_bad_tile.value, verify_slides=verify_slides,
+                       rois=rois or None)
     outcomes = run_batch(slides, stage, executor=engine, unit="patches", console=console,
                          status=status_path(out, shard_spec), clean=[out, *([stage_dir] if stage_dir else [])])
     Console().print(summary_table(outcomes))

@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..inputs import SlideInput
 from .background import background, output_grid
 from .files import safe_name, write_csv, write_json, write_png
+from .foreign import is_foreign, read_foreign
 from .geojson import feature_collection, patch_features, tissue_features
 from .montage import read_patches, render_montage
 from .overlay import blend, colour_lut, with_legend
@@ -45,7 +46,8 @@ class HeatmapOptions:
     cmap: str = "jet"
     alpha: float = 0.5
     top_k: int = 8
-    slide: Path | None = None                # slide file, or folder of slides (default: the bag's slide_path)
+    slide: Path | None = None                # slide file, or folder of slides (default: the bag's slide_path;
+                                             # required for CLAM/TRIDENT feature files)
 
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZERS:
@@ -66,9 +68,10 @@ class HeatmapOptions:
 
 def heatmap_slide(bag_path: str | Path, attention: AttentionSource, out_dir: str | Path,
                   options: HeatmapOptions = HeatmapOptions()) -> Outcome:
-    """Write the heatmap outputs of one bag; raises :class:`HeatmapError` (one line) on bad input."""
+    """Write the heatmap outputs of one bag, or of a CLAM/TRIDENT feature file over its slide
+    (``options.slide``); raises :class:`HeatmapError` (one line) on bad input."""
     t0 = time.perf_counter()
-    bag = read_bag(bag_path)
+    bag = read_foreign(bag_path, options.slide) if is_foreign(bag_path) else read_bag(bag_path)
     scores = select_tasks(attention(bag), options.tasks, bag)
     grid = output_grid(bag, options.resolution, options.max_size)
     slide_path = locate_slide(bag, options.slide)

@@ -36,6 +36,7 @@ class BagView:
     tissue_mask: np.ndarray       # bool (h, w)
     thumb_downsample: np.ndarray  # float (2,) level-0 px per thumbnail px (x, y)
     has_patches: bool
+    foreign: bool = False         # a CLAM/TRIDENT feature file (heatmap.foreign), not a bag
 
     @property
     def dimensions(self) -> tuple[int, int]:

@@ -295,8 +295,8 @@ def _summary(marker: Marker, counts: np.ndarray, reason: str | None, hotspot: Ho
 def ihc_job(slide: SlideInput, advance, *, out: Path, options: IHCOptions, threads: int,
             rois: RoiSource | None = None, stage_dir: Path | None = None) -> Outcome:
     """One slide of an IHC batch (:func:`pathology.batch.run_batch`; module level so worker
-    processes can run it)."""
-    return score_slide(slide.path, slide.slide_id, out, options, threads=threads, on_tiles=advance,
+    processes can run it), at the slide's own µm/px when the manifest gives one."""
+    return score_slide(slide.path, slide.slide_id, out, slide.with_mpp(options), threads=threads, on_tiles=advance,
                        roi=rois.load(slide.slide_id) if rois else None, stage_dir=stage_dir)
 
 

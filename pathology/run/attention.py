@@ -19,7 +19,7 @@ def model_attention(run_dir: str | Path) -> AttentionSource:
     run = load_run(run_dir)
 
     def predict(bag: BagView) -> dict[str, np.ndarray]:
-        features = read_features(bag.path, run.features)
+        features = read_features(bag.path, None if bag.foreign else run.features)   # CLAM/TRIDENT: the one set
         if features.features.shape[1] != run.in_dim:
             raise HeatmapError(f"{bag.path}: features {features.name!r} have dimension {features.features.shape[1]}, "
                                f"the model in {run_dir} expects {run.in_dim}")

@@ -35,6 +35,7 @@ from ..heatmap.sources import attention_file
 from ..inputs import SlideInput
 from ..jobs import Outcome, Stage
 from ..publish import publish_csv
+from ..roi import RoiSource
 from ..tiling.pipeline import TileOptions
 from ..tiling.stage import tile_stage
 from .report import SlideReport, TaskResult
@@ -80,10 +81,12 @@ def predict_slide(slide: SlideInput, advance: Callable[[int], None], *, options:
 
 
 def run_stages(options: PredictOptions, tiling: TileOptions, encoder: EncoderChoice, embed: EmbedOptions,
-               threads: int, stage_dir: Path | None = None) -> list[Stage]:
+               threads: int, stage_dir: Path | None = None, rois: RoiSource | None = None) -> list[Stage]:
     """tile → embed → predict and draw, each slide entering a stage as soon as it leaves the last;
-    tiling reads a local copy of the slide in ``stage_dir`` when given."""
-    return [tile_stage(options.bags, tiling, threads, stage_dir), embed_stage(encoder, embed, bags_dir=options.bags),
+    tiling reads a local copy of the slide in ``stage_dir`` when given, and tiles only inside each
+    slide's ROI when ``rois`` has one."""
+    return [tile_stage(options.bags, tiling, threads, stage_dir, rois=rois),
+            embed_stage(encoder, embed, bags_dir=options.bags),
             Stage("predict", partial(predict_slide, options=options))]
 
 

@@ -54,7 +54,8 @@ def resolve_mpp(path: str | Path, found: tuple[float, float] | None, source: str
         if not (ox > 0 and oy > 0):
             raise SlideError(path, f"--mpp must be positive, got {override}")
         return Mpp(float(ox), float(oy), "override"), ""
-    hint = "pass --mpp with the scan resolution, e.g. --mpp 0.25 for 40x or --mpp 0.5 for 20x"
+    hint = ("pass --mpp with the scan resolution, e.g. --mpp 0.25 for 40x or --mpp 0.5 for 20x (per slide: an mpp "
+            "column in the manifest)")
     if found is None:
         return None, f"no µm/px in the slide's metadata; {hint}"
     fx, fy = found

@@ -101,10 +101,13 @@ def choose_read_level(level_downsamples_xy: list[tuple[float, float]], factor: t
 
 def make_grid(dimensions: tuple[int, int], mpp_xy: tuple[float, float],
               level_downsamples_xy: list[tuple[float, float]], spec: GridSpec,
-              mask: np.ndarray, mask_scale: tuple[float, float]) -> Grid:
+              mask: np.ndarray, mask_scale: tuple[float, float], region: np.ndarray | None = None) -> Grid:
     """Lay the grid over a slide of level-0 ``dimensions`` and keep tissue patches.
 
-    ``mask`` is the tissue mask with level-0 pixels per mask pixel ``mask_scale``.
+    ``mask`` is the tissue mask with level-0 pixels per mask pixel ``mask_scale``. With a
+    ``region`` (an ROI rasterized on the same pixels), a patch's tissue share counts only the
+    tissue inside the region, and a kept patch must overlap the region (also at
+    ``min_tissue`` 0).
     """
     factor = (spec.target_mpp / mpp_xy[0], spec.target_mpp / mpp_xy[1])  # level-0 px per target px
     if min(factor) < 1 - 1e-3:
@@ -116,8 +119,10 @@ def make_grid(dimensions: tuple[int, int], mpp_xy: tuple[float, float],
     ys = positions(dimensions[1], size[1], stride[1])
     gy, gx = np.meshgrid(ys, xs, indexing="ij")  # row-major: sorted by y, then x
     gx, gy = gx.ravel(), gy.ravel()
-    frac = tissue_fractions(mask, mask_scale, gx, gy, size)
+    frac = tissue_fractions(mask if region is None else mask & region, mask_scale, gx, gy, size)
     keep = frac >= spec.min_tissue if spec.min_tissue > 0 else np.ones_like(frac, bool)
+    if region is not None:
+        keep &= tissue_fractions(region, mask_scale, gx, gy, size) > 0
     coords = np.stack([np.round(gx[keep]), np.round(gy[keep])], axis=1).astype(np.int64)
     return Grid(coords=coords.reshape(-1, 2), tissue_fraction=frac[keep], patch_size_level0=size,
                 stride_level0=stride, read_level=choose_read_level(level_downsamples_xy, factor),

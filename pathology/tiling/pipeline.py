@@ -1,5 +1,10 @@
 """Tile one slide: tissue mask → grid → read → stain-normalize → bag + QC picture.
 
+With an ROI (:mod:`pathology.roi`), only the tissue inside it counts: a patch is kept when
+its share of tissue inside the ROI reaches ``min_tissue`` (holes excluded). The ROI's file,
+SHA-256 and geometry are recorded in the bag's ``tiling`` attribute, so a rerun with another
+ROI geometry retiles the slide and one with the same ROI skips it.
+
 The bag and its QC picture are written under temporary names and renamed together when both
 are complete: a failure (a full disk, a corrupt tile) leaves the previous bag and picture as
 they were (docs/reliability.md).
@@ -7,6 +12,7 @@ they were (docs/reliability.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -19,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..bag import BagWriter, completed_with, fingerprint, pair_or_scalar
+from ..bag import BagError, BagWriter, completed_with, fingerprint, pair_or_scalar, read_attrs
 from ..batch import Outcome
 from ..errors import storage_errors
 from ..hashing import file_sha256, slide_seed
@@ -28,6 +34,7 @@ from ..localcopy import local_copy
 from ..memory import reuse_freed_memory
 from ..publish import commit, leftover_target, partial_path
 from ..qc import render_qc_image
+from ..roi import ROI, RoiSource
 from ..slide import Slide, SlideError, open_slide
 from ..stain import create_normalizer
 from ..tissue import TissueParams, detect_tissue
@@ -73,8 +80,10 @@ class TileOptions:
 
 def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: TileOptions,
                threads: int = 2, on_patches: Callable[[int], None] | None = None,
-               stage_dir: Path | None = None, on_bad_tile: str = "fail", verify_slides: bool = False) -> Outcome:
-    """Tile one slide into ``out_dir/<slide_id>.h5`` (and ``out_dir/qc/<slide_id>.png``).
+               stage_dir: Path | None = None, on_bad_tile: str = "fail", verify_slides: bool = False,
+               roi: ROI | None = None) -> Outcome:
+    """Tile one slide into ``out_dir/<slide_id>.h5`` (and ``out_dir/qc/<slide_id>.png``), only
+    inside ``roi`` when given (an ROI that misses the slide is a :class:`pathology.roi.ROIError`).
 
     Skips a complete bag made from the same file (:func:`pathology.fingerprint.slide_changed`;
     ``verify_slides``: by the whole file's SHA-256) with the same options. With ``stage_dir``,
@@ -90,7 +99,8 @@ def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: Ti
     params = options.params()
     with storage_errors(path, "read"):
         fp = fingerprint(path, full=verify_slides)
-    reason = completed_with(bag_path, path, fp, params, skipped_ok=on_bad_tile == "skip")
+    reason = completed_with(bag_path, path, fp, params, skipped_ok=on_bad_tile == "skip") \
+        or _roi_changed(bag_path, roi)
     if reason is None:
         return Outcome(slide_id, "skipped", message="bag complete with the same parameters")
     log.debug("%s: tiling (%s)", slide_id, reason)
@@ -100,14 +110,15 @@ def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: Ti
                 open_slide(local, backend=options.backend, mpp=options.mpp) as slide, \
                 ThreadPoolExecutor(threads, thread_name_prefix="tile") as pool:
             result = _tile_open_slide(slide, Path(path), slide_id, bag_path, fp, params, options, pool, threads,
-                                      on_patches, on_bad_tile)
+                                      on_patches, on_bad_tile, roi)
     except CorruptTileError as exc:
         raise SlideError(exc.path, f"{exc.message}; --on-bad-tile skip drops the patches that touch it") from exc
     grid, source_name, skipped, bad_tiles = result
     seconds = time.perf_counter() - t0
     if not len(grid):
-        log.warning("%s: no tissue found; check qc/%s.png (or lower --min-tissue)", slide_id, slide_id)
-        return Outcome(slide_id, "done", 0, seconds, f"no tissue found: see qc/{slide_id}.png")
+        where = "in the ROI" if roi is not None else "found"
+        log.warning("%s: no tissue %s; check qc/%s.png (or lower --min-tissue)", slide_id, where, slide_id)
+        return Outcome(slide_id, "done", 0, seconds, f"no tissue {where}: see qc/{slide_id}.png")
     kept = len(grid) - skipped
     message = f"{kept} patches from level {grid.read_level} via {source_name}"
     if bad_tiles:
@@ -119,21 +130,25 @@ def tile_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: Ti
 
 def _tile_open_slide(slide: Slide, path: Path, slide_id: str, bag_path: Path, fp: str, params: dict,
                      options: TileOptions, pool: ThreadPoolExecutor, threads: int,
-                     on_patches: Callable[[int], None] | None, on_bad_tile: str):
+                     on_patches: Callable[[int], None] | None, on_bad_tile: str, roi: ROI | None = None):
     """The work of :func:`tile_slide` once the slide is open: (grid, reader name, patches
     skipped, bad tiles)."""
     mpp = slide.require_mpp()
+    if roi is not None:
+        roi.check_within(slide.dimensions)
     bad_tiles: list[dict] = []  # skip: corrupt tiles met so far (thumbnail level and read level)
-    thumb, mask, mask_scale = _tissue(slide, options.tissue, pool, threads,
-                                      bad_tiles if on_bad_tile == "skip" else None)
+    thumb, mask, mask_scale = tissue_overview(slide, options.tissue, pool, threads,
+                                              bad_tiles if on_bad_tile == "skip" else None)
+    region = None if roi is None else roi.box_mask(0.0, 0.0, thumb.shape[1], thumb.shape[0], mask_scale)
     grid = make_grid(slide.dimensions, (mpp.x, mpp.y),
                      [slide.level_downsample_xy(i) for i in range(slide.level_count)],
-                     options.grid, mask.mask, mask_scale)
+                     options.grid, mask.mask, mask_scale, region)
     if not len(grid):
         _refuse_if_smaller_than_a_patch(slide, grid, options)
     qc_path = bag_path.parent / "qc" / f"{slide_id}.png"
     qc_tmp = partial_path(qc_path)  # named on this thread: it is committed from here
-    drawing = dict(thumb=thumb, mask=mask, scale=mask_scale, slide_id=slide_id, mpp=mpp.x, options=options)
+    drawing = dict(thumb=thumb, mask=mask, scale=mask_scale, slide_id=slide_id, mpp=mpp.x, options=options,
+                   region=region)
     # The QC picture and the bag's overview need only the mask and the grid: they are drawn,
     # compressed and written while the patches are read.
     background = [pool.submit(_draw_qc, qc_tmp, grid=grid, **drawing)]
@@ -162,7 +177,7 @@ def _tile_open_slide(slide: Slide, path: Path, slide_id: str, bag_path: Path, fp
             tiling = {"params": params, "read_level": grid.read_level, "reader": reader.source_name,
                       "candidates": grid.candidates, "stride_level0": list(grid.stride_level0),
                       "mask_downsample": list(mask_scale), "level_dimensions": slide.level_dimensions,
-                      "backend": slide.backend}
+                      "backend": slide.backend, **({"roi": roi_record(roi)} if roi is not None else {})}
             attrs = {"slide_id": slide_id, "slide_path": str(path.resolve()), "slide_fingerprint": fp,
                      "mpp_level0": pair_or_scalar((mpp.x, mpp.y)), "mpp_source": mpp.source,
                      "target_mpp": options.grid.target_mpp, "patch_size": options.grid.patch_size,
@@ -217,17 +232,45 @@ def _subset(grid: Grid, keep: np.ndarray) -> Grid:
                 grid.read_level, grid.candidates)
 
 
+def roi_record(roi: ROI) -> dict:
+    """What a bag records of its ROI: the file, its SHA-256, and a digest of the polygons used
+    (what decides the patches, whatever else the file holds)."""
+    digest = hashlib.sha256()
+    for poly in roi.polygons:
+        for ring in (poly.exterior, *poly.holes):
+            digest.update(np.ascontiguousarray(ring, np.float64).tobytes())
+            digest.update(b"|")
+        digest.update(b"#")
+    return {**roi.describe(), "geometry_sha256": digest.hexdigest()}
+
+
+def _roi_changed(bag_path: Path, roi: ROI | None) -> str | None:
+    """Why a bag otherwise complete must be retiled for ``roi``: another ROI geometry, or an
+    ROI added or removed; None when it was tiled with the same ROI (or none, as now)."""
+    try:
+        stored = (read_attrs(bag_path).get("tiling") or {}).get("roi")
+    except (OSError, ValueError, BagError):
+        return "existing bag unreadable"
+    before = (stored or {}).get("geometry_sha256")
+    now = roi_record(roi)["geometry_sha256"] if roi is not None else None
+    if before == now:
+        return None
+    return "ROI added" if before is None else "ROI removed" if now is None else "ROI changed"
+
+
 def tile_job(slide: SlideInput, advance: Callable[[int], None], *, out: Path, options: TileOptions,
              threads: int, stage_dir: Path | None = None, on_bad_tile: str = "fail",
-             verify_slides: bool = False) -> Outcome:
+             verify_slides: bool = False, rois: RoiSource | None = None) -> Outcome:
     """One slide of a tiling batch (:func:`pathology.batch.run_batch`; module level so worker
-    processes can run it)."""
-    return tile_slide(slide.path, slide.slide_id, out, options, threads=threads, on_patches=advance,
-                      stage_dir=stage_dir, on_bad_tile=on_bad_tile, verify_slides=verify_slides)
+    processes can run it), at the slide's own µm/px when the manifest gives one, inside its ROI
+    when ``rois`` has one."""
+    return tile_slide(slide.path, slide.slide_id, out, slide.with_mpp(options), threads=threads,
+                      on_patches=advance, stage_dir=stage_dir, on_bad_tile=on_bad_tile,
+                      verify_slides=verify_slides, roi=rois.load(slide.slide_id) if rois else None)
 
 
-def _tissue(slide: Slide, params: TissueParams, pool: ThreadPoolExecutor, threads: int,
-            bad_tiles: list[dict] | None = None):
+def tissue_overview(slide: Slide, params: TissueParams, pool: ThreadPoolExecutor, threads: int,
+                    bad_tiles: list[dict] | None = None):
     """Thumbnail at the mask resolution and the tissue mask over it, both on all ``threads``.
 
     The thumbnail's strips are decoded by the fast tile source where there is one (the same
@@ -263,9 +306,10 @@ def _fit_stain(reader: PatchReader, grid: Grid, slide_id: str, options: TileOpti
 
 
 def _draw_qc(path: Path, *, thumb: np.ndarray, mask, grid: Grid, scale: tuple[float, float], slide_id: str,
-             mpp: float, options: TileOptions) -> None:
+             mpp: float, options: TileOptions, region: np.ndarray | None = None) -> None:
     """QC picture at ``path`` (a temporary name; the caller publishes it with the bag):
-    thumbnail, tissue outline, excluded ink and the kept patch grid."""
+    thumbnail, tissue outline, excluded ink, the ROI (``region``, on the thumbnail's pixels) and
+    the kept patch grid."""
     shrink = max(1, int(np.ceil(max(thumb.shape[:2]) / QC_MAX_SIDE)))
     w, h = grid.patch_size_level0
     boxes = np.column_stack([grid.coords[:, 0], grid.coords[:, 1], grid.coords[:, 0] + w, grid.coords[:, 1] + h])
@@ -275,7 +319,8 @@ def _draw_qc(path: Path, *, thumb: np.ndarray, mask, grid: Grid, scale: tuple[fl
     small = np.asarray(Image.fromarray(thumb).reduce(shrink)) if shrink > 1 else thumb
     h, w = small.shape[:2]
     picture = render_qc_image(small, mask.mask[::shrink, ::shrink][:h, :w], boxes,
-                              pen_mask=mask.pen[::shrink, ::shrink][:h, :w], title=title)
+                              pen_mask=mask.pen[::shrink, ::shrink][:h, :w], title=title,
+                              roi_mask=None if region is None else region[::shrink, ::shrink][:h, :w])
     path.parent.mkdir(parents=True, exist_ok=True)
     with storage_errors(leftover_target(path)):
         picture.save(path, format="PNG", compress_level=3)

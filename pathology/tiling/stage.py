@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..inputs import SlideInput
 from ..jobs import Stage
+from ..roi import RoiSource
 from .pipeline import TileOptions, tile_job
 
 
@@ -16,10 +17,10 @@ def bag_output(out: Path, slide: SlideInput) -> Path:
 
 
 def tile_stage(out: Path, options: TileOptions, threads: int, stage_dir: Path | None = None,
-               on_bad_tile: str = "fail", verify_slides: bool = False) -> Stage:
+               on_bad_tile: str = "fail", verify_slides: bool = False, rois: RoiSource | None = None) -> Stage:
     """Tile each slide into ``out`` with ``threads`` decode threads (the CPUs a task reserves),
-    reading a local copy in ``stage_dir`` when given; ``on_bad_tile`` and ``verify_slides`` as in
-    :func:`pathology.tiling.pipeline.tile_slide`."""
+    reading a local copy in ``stage_dir`` when given, inside its ROI when ``rois`` has one;
+    ``on_bad_tile`` and ``verify_slides`` as in :func:`pathology.tiling.pipeline.tile_slide`."""
     return Stage("tile", partial(tile_job, out=out, options=options, threads=threads, stage_dir=stage_dir,
-                                 on_bad_tile=on_bad_tile, verify_slides=verify_slides),
+                                 on_bad_tile=on_bad_tile, verify_slides=verify_slides, rois=rois),
                  claim=partial(bag_output, out), cpus=threads)

@@ -229,3 +229,18 @@ def test_rois_from_a_manifest_column_and_bad_rois(tmp_path):
     outside = runner.invoke(app, ["ihc", str(manifest), "--marker", "er", "-o", str(tmp_path / "out3")])
     assert outside.exit_code == 1 and "lies outside the slide" in " ".join(outside.output.split())
     assert json.loads((tmp_path / "out3" / "b.json").read_text())["status"] == "done"   # the other slide went on
+
+
+def test_the_manifest_mpp_column_sets_each_field_resolution(tmp_path):
+    """A camera field saved as PNG has no µm/px: the manifest's mpp column gives it, per slide,
+    over --mpp."""
+    write_cell_field(tmp_path / "a.svs", CellFieldConfig(width=768, height=768, seed=1))
+    with Image.open(tmp_path / "a.svs") as im:
+        im.convert("RGB").save(tmp_path / "field.png")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("slide_id,slide_path,mpp\nfield,field.png,0.5\n")
+    result = runner.invoke(app, ["ihc", str(manifest), "--marker", "ki67", "-o", str(tmp_path / "out"),
+                                 "--mpp", "0.25"])
+    assert result.exit_code in (0, 1), result.output
+    record = json.loads((tmp_path / "out" / "field.json").read_text())
+    assert record["mpp_level0"] == 0.5 and record["mpp_source"] == "override"

@@ -112,3 +112,26 @@ def test_a_model_is_never_applied_with_other_settings(trained, tmp_path):
     (model / "config.json").write_text(json.dumps(config))
     result = invoke("run", trained / "slides" / "s0.svs", "--model", model, "--out", tmp_path / "out")
     assert result.exit_code == 2 and "features made elsewhere" in result.output
+
+
+def test_run_tiles_only_inside_the_roi(trained, tmp_path):
+    """`pathology run --roi`: the slide is tiled (and scored) inside the annotation only; a bad
+    annotation stops the run before any work."""
+    shutil.copy(trained / "slides" / "s1.svs", tmp_path / "s1.svs")
+    box = [[0, 0], [2048, 0], [2048, 3072], [0, 3072]]                        # the left half of the 4096-px slide
+    roi = tmp_path / "s1.geojson"
+    roi.write_text(json.dumps({"type": "Feature", "properties": {"objectType": "annotation"},
+                               "geometry": {"type": "Polygon", "coordinates": [[*box, box[0]]]}}))
+    out = tmp_path / "out"
+    result = invoke("run", tmp_path / "s1.svs", "--model", trained / "model", "--out", out, "--roi", roi)
+    assert result.exit_code == 0, result.output
+    with h5py.File(out / "bags" / "s1.h5") as f:
+        coords, size0 = f["coords"][:], int(f["coords"].attrs["patch_size_level0"])
+        assert json.loads(f.attrs["tiling"])["roi"]["path"] == str(roi)
+    assert len(coords) and (coords[:, 0] + size0 / 2 <= 2048).all()   # over half of each patch inside the box
+    with open(out / "results.csv") as fh:
+        assert next(csv.DictReader(fh))["patches"] == str(len(coords))
+
+    roi.write_text("{not json")
+    bad = invoke("run", tmp_path / "s1.svs", "--model", trained / "model", "--out", tmp_path / "bad", "--roi", roi)
+    assert bad.exit_code == 2 and "s1.geojson: not valid JSON" in bad.output and not (tmp_path / "bad").exists()
