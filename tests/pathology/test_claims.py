@@ -14,23 +14,24 @@ from pathology.claims import Claim, Holder, claim_path, sweep_claims, try_claim
 from pathology.publish import HOST, partial_path, sweep_leftovers
 
 
-def _race(output: str, start, results) -> None:
+def _race(output: str, start, results, done) -> None:
     start.wait()
     got = try_claim(output, heartbeat=0.05)
     results.put(isinstance(got, Claim))
-    time.sleep(0.5)  # hold it while the others try
+    done.wait(120)  # the winner holds it until every process has tried (a release before would let a late one in)
     if isinstance(got, Claim):
         got.release()
 
 
 def test_eight_processes_racing_for_one_claim_one_wins(tmp_path):
     ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(str(tmp_path / "slide.h5"), start, results)) for _ in range(8)]
+    start, results, done = ctx.Event(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_race, args=(str(tmp_path / "slide.h5"), start, results, done)) for _ in range(8)]
     for p in procs:
         p.start()
     start.set()
     wins = [results.get(timeout=60) for _ in procs]
+    done.set()
     for p in procs:
         p.join(timeout=60)
     assert sum(wins) == 1
