@@ -40,6 +40,7 @@ from pathology import patchcodec
 from pathology.bag import open_bag, read_patches
 from pathology.cores import available_cores
 from pathology.embed import EmbedOptions, embed_bag
+from pathology.embed import patches as embed_patches
 from pathology.embed.patches import StoredPatches, bag_patches
 from pathology.encoders import load_encoder
 from pathology.tiling.pipeline import TileOptions, tile_slide
@@ -55,6 +56,8 @@ OPTIONS = {  # name -> (TileOptions changes, JPEG chroma subsampling)
 }
 LOSSLESS = "raw (none)"
 DEFAULT = "jpeg q90 4:4:4"
+INLINE = "jpeg q90 4:4:4, decoded in line"   # the default bag, decoded between batches (no read-ahead)
+EMBED_PATCHES = 320                          # embedding is timed on this many patches (repeated if fewer)
 LAYOUTS = {  # HDF5 chunking/filters of the same raw patches: size and read time only
     "h5 gzip-6 + shuffle, 1 patch/chunk": dict(chunks=1, compression="gzip", compression_opts=6, shuffle=True),
     "h5 lzf, 1 patch/chunk": dict(chunks=1, compression="lzf"),
@@ -81,17 +84,42 @@ def tile_once(slide: Path, name: str, stain: str) -> tuple[Path, float]:
     return folder / f"{slide.stem}.h5", seconds
 
 
-def embed_once(bag: Path, encoder) -> tuple[float, int]:
-    """`pathology embed`'s work on a fresh copy of ``bag``: (seconds, patches)."""
+def timing_bag(bag: Path, n: int) -> Path:
+    """A copy of ``bag`` with exactly ``n`` patches (its first ones, repeated when it has fewer),
+    their chunks copied as stored, so embedding is timed on the same count for every option."""
+    out = bag.with_name("timing.h5")
+    with h5py.File(bag) as src, h5py.File(out, "w") as dst:
+        rows = np.arange(n) % len(src["coords"])
+        for key in ("coords", "tissue_fraction"):
+            dst.create_dataset(key, data=src[key][:][rows])
+            dst[key].attrs.update(src[key].attrs)
+        dst.attrs.update(src.attrs)
+        if "patches" in src:
+            ds = src["patches"]
+            codec = patchcodec.codec_of(ds)
+            quality = int(ds.attrs.get("quality", patchcodec.DEFAULT_QUALITY))
+            target = codec.create(dst, n, ds.shape[1], quality)
+            target.attrs.update(ds.attrs)
+            for i, row in enumerate(rows):
+                target.id.write_direct_chunk((i, 0, 0, 0), ds.id.read_direct_chunk((int(row), 0, 0, 0))[1])
+    return out
+
+
+def embed_once(bag: Path, encoder, decode_ahead: bool = True) -> float:
+    """Seconds of `pathology embed`'s work on a fresh copy of ``bag``."""
     work = bag.with_name("embed_copy.h5")
     shutil.copyfile(bag, work)
     os.sync()
+    embed_patches.DECODE_AHEAD = decode_ahead
     t = time.perf_counter()
-    outcome = embed_bag(work, encoder, EmbedOptions(overwrite=True, threads=available_cores()))
+    try:
+        outcome = embed_bag(work, encoder, EmbedOptions(overwrite=True, threads=available_cores()))
+    finally:
+        embed_patches.DECODE_AHEAD = True
     seconds = time.perf_counter() - t
     work.unlink()
-    assert outcome.status == "done", outcome.message
-    return seconds, outcome.count
+    assert outcome.status == "done" and outcome.count == EMBED_PATCHES, outcome.message
+    return seconds
 
 
 def patches_of(bag: Path, limit: int) -> np.ndarray:
@@ -145,20 +173,25 @@ def _time_read(path: Path) -> float:
     return time.perf_counter() - t
 
 
-def measure_slide(slide: Path, stain: str, rounds: int, cnn_patches: int, default_encoder, cnn) -> dict:
-    """Every storage option on one slide: sizes, best tile and embed times, feature agreement."""
+def measure_slide(slide: Path, stain: str, rounds: int, cnn_patches: int, default_encoder, cnn,
+                  time_embedding: bool) -> dict:
+    """Every storage option on one slide: sizes, best tile (and embed) times, feature agreement."""
     tiles: dict[str, list[float]] = {name: [] for name in OPTIONS}
-    embeds: dict[str, list[float]] = {name: [] for name in OPTIONS}
     bags: dict[str, Path] = {}
-    counts: dict[str, int] = {}
     for _ in range(rounds):
         for name in OPTIONS:
             bags[name], seconds = tile_once(slide, name, stain)
             tiles[name].append(seconds)
-        for name in OPTIONS:
-            seconds, counts[name] = embed_once(bags[name], default_encoder)
-            embeds[name].append(seconds)
-        print(f"  round done, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"  tiled, load {os.getloadavg()[0]:.1f}", flush=True)
+    embeds: dict[str, list[float]] = {}
+    if time_embedding:
+        timing = {name: timing_bag(bag, EMBED_PATCHES) for name, bag in bags.items()}
+        timing[INLINE] = timing[DEFAULT]
+        embeds = {name: [] for name in timing}
+        for _ in range(rounds + 2):
+            for name, bag in timing.items():
+                embeds[name].append(embed_once(bag, default_encoder, decode_ahead=name != INLINE))
+            print(f"  embedding round, load {os.getloadavg()[0]:.1f}", flush=True)
     lossless = patches_of(bags[LOSSLESS], 10**9)
     reference = {"cnn": features(cnn, lossless[:cnn_patches]), "default": features(default_encoder, lossless, 64)}
     out = {"slide": slide, "stain": stain, "slide_bytes": slide.stat().st_size, "rows": {}}
@@ -167,14 +200,17 @@ def measure_slide(slide: Path, stain: str, rounds: int, cnn_patches: int, defaul
         cnn_cos = cosine(features(cnn, patches[:cnn_patches]), reference["cnn"])
         default_cos = cosine(features(default_encoder, patches, 64), reference["default"])
         with open_bag(bags[name]) as f:
+            n = len(f["coords"])
             stored = int(f["patches"].id.get_storage_size()) if "patches" in f else 0
         out["rows"][name] = dict(
             ratio=bags[name].stat().st_size / out["slide_bytes"], bag_mb=bags[name].stat().st_size / 1e6,
-            patch_kb=stored / max(1, counts[name]) / 1024, tile=min(tiles[name]),
-            embed=counts[name] / min(embeds[name]), n=counts[name],
+            patch_kb=stored / max(1, n) / 1024, tile=min(tiles[name]), n=n,
+            embed=EMBED_PATCHES / min(embeds[name]) if embeds else None,
             cnn=(float(cnn_cos.mean()), float(cnn_cos.min())), default=(float(default_cos.mean()),
                                                                         float(default_cos.min())))
-    out["layouts"] = layout_rows(bags[LOSSLESS], out["slide_bytes"], rounds)
+    if embeds:
+        out["rows"][INLINE] = {**out["rows"][DEFAULT], "embed": EMBED_PATCHES / min(embeds[INLINE])}
+    out["layouts"] = layout_rows(bags[LOSSLESS], out["slide_bytes"], rounds) if stain == "none" else []
     out["decode_ms"] = decode_ms(bags)
     return out
 
@@ -200,7 +236,7 @@ def decode_ms(bags: dict[str, Path]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round, CMU-1 and the synthetic slide only")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="tiling rounds; embedding gets two more")
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
     torch.set_num_threads(available_cores())
@@ -208,14 +244,15 @@ def main() -> None:
     default_encoder = load_encoder("stain-texture", random_weights=True, device="cpu")
     cnn = load_encoder("resnet50-trunc", random_weights=True, device="cpu")
     load_before = os.getloadavg()
-    cases = [(CMU1, "none"), (CMU1, "macenko"), (synthetic_slide(40000, 30000), "none"),
-             (synthetic_slide(40000, 30000), "macenko")]
+    synthetic = synthetic_slide(40000, 30000)
+    cases = [(CMU1, "none", True), (synthetic, "none", True), (CMU1, "macenko", False), (synthetic, "macenko", False)]
     if args.quick:
-        cases = cases[::2]
+        cases = cases[:2]
+    cnn_patches = 64
     results = []
-    for slide, stain in cases:
+    for slide, stain, time_embedding in cases:
         print(f"{slide.name}, stain {stain}", flush=True)
-        results.append(measure_slide(slide, stain, rounds, 64 if args.quick else 192, default_encoder, cnn))
+        results.append(measure_slide(slide, stain, rounds, cnn_patches, default_encoder, cnn, time_embedding))
     load_after = os.getloadavg()
     header = ["slide", "stain", "storage", "bag / slide size", "bag MB", "KiB per patch", "tile s",
               "embed patches/s (stain-texture)", "vs. raw", "decode ms/patch (1 thread)",
@@ -225,9 +262,10 @@ def main() -> None:
         raw = r["rows"][LOSSLESS]["embed"]
         for name, m in r["rows"].items():
             decode = r["decode_ms"].get(name)
+            embed = "" if m["embed"] is None else f"{m['embed']:.0f}"
             rows.append([r["slide"].name, r["stain"], f"**{name}**" if name == DEFAULT else name,
                          f"{m['ratio']:.2f}", f"{m['bag_mb']:.1f}", f"{m['patch_kb']:.1f}" if m["patch_kb"] else "",
-                         f"{m['tile']:.2f}", f"{m['embed']:.0f}", f"{m['embed'] / raw:.2f}",
+                         f"{m['tile']:.2f}", embed, "" if m["embed"] is None else f"{m['embed'] / raw:.2f}",
                          f"{decode:.2f}" if decode is not None else "",
                          f"{m['cnn'][0]:.4f} / {m['cnn'][1]:.4f}", f"{m['default'][0]:.4f} / {m['default'][1]:.4f}"])
         for name, ratio, seconds in r["layouts"]:
@@ -242,12 +280,14 @@ Slides: CMU-1-Small-Region.svs (real Aperio H&E, {CMU1.stat().st_size / 1e6:.2f}
 {n.get(CMU1.name, 0)} patches) and the synthetic 40000x30000 SVS of `bench_tile.py` (0.25 µm/px,
 JPEG tiles, {n.get('synthetic_40000x30000.svs', 0)} patches), tiled at 0.5 µm/px, 256 px, without
 normalization and with Macenko (normalization happens before storing). Best of {rounds}, options
-interleaved. "tile s": `tile_slide` in this process on {available_cores()} threads (tissue, QC picture
-and bag included). "embed": `embed_bag` on a fresh copy of the bag, default options (batch 64, no loader
-processes; JPEG decoded one batch ahead on a thread), `stain-texture`. "vs. raw": against raw
-patches, the default before this change. Cosines: per patch, features of the stored (or re-read)
-patches against those of the lossless patches, `resnet50-trunc` with random weights on the first
-{64 if args.quick else 192} patches, `stain-texture` on all. The `h5 ...` rows re-write the raw
+interleaved (embedding: best of {rounds + 2}). "tile s": `tile_slide` in this process on {available_cores()}
+threads (tissue, QC picture and bag included). "embed": `embed_bag` on a fresh copy of a bag of
+{EMBED_PATCHES} patches (the bag's first ones, CMU-1's repeated), default options (batch 64, no loader
+processes, {available_cores()} torch threads; JPEG decoded one batch ahead on a thread, or "in line"
+between batches), `stain-texture`, without stain normalization. "vs. raw": against raw patches, the
+default before this change. Cosines: per patch, features of the stored (or re-read) patches against
+those of the lossless patches, `resnet50-trunc` with random weights on the first {cnn_patches} patches,
+`stain-texture` on all. The `h5 ...` rows re-write the raw
 patches with other HDF5 chunking and lossless filters: size and the wall time per patch of reading
 them all back in batches of 64.
 

@@ -27,6 +27,8 @@ from ..stain import restore_normalizer
 from ..tiling.grid import Grid
 from ..tiling.reader import PatchReader
 
+DECODE_AHEAD = True  # JPEG: decode the next batch on a thread (bench_bag_storage.py measures both ways)
+
 
 class StoredPatches(Dataset):
     """Batch ``k`` of the bag's stored patches; each loader worker opens its own file handle.
@@ -51,7 +53,7 @@ class StoredPatches(Dataset):
         return math.ceil(self.count / self.batch_size)
 
     def __getitem__(self, k: int) -> tuple[int, torch.Tensor]:
-        if not self.read_ahead or get_worker_info() is not None:
+        if not (self.read_ahead and DECODE_AHEAD) or get_worker_info() is not None:
             return self._read(k)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="decode")

@@ -163,8 +163,10 @@ def test_a_full_disk_fails_one_slide_in_one_line_and_the_batch_goes_on(slides, c
 
 def test_embedding_on_a_full_disk_keeps_the_bag_and_goes_on(clean, disk):
     big, small = clean / "big.h5", clean / "small.h5"
-    # room for both bags and a staged copy of the small one only
-    folder = disk(big.stat().st_size + 2 * small.stat().st_size + (1 << 20))
+    # room for both bags and a staged copy of the small one (with its features) only
+    slack = 256 << 10
+    assert big.stat().st_size > small.stat().st_size + slack   # so the big one's copy cannot fit
+    folder = disk(big.stat().st_size + 2 * small.stat().st_size + slack)
     shutil.copy(big, folder / "big.h5")
     shutil.copy(small, folder / "small.h5")
     before = (folder / "big.h5").read_bytes()
