@@ -196,7 +196,7 @@ def main() -> None:
     body = f"""Machine: {machine()}, load average {load:.1f} at the end of the run; CPU only, fp32,
 channels-last for the CNN, random weights.
 Patches: 256 px, 0.5 µm/px, Macenko-normalized, from `pathology tile` on a 40000×30000 synthetic
-slide, stored uncompressed (the default) or with `--compression gzip`; `resnet50-trunc` on the
+slide, stored uncompressed (`--compression none`) or with `--compression gzip`; `resnet50-trunc` on the
 first {cnn_patches} of them.
 "Bare forward" is the encoder on the same patches already in memory as a uint8 tensor (resize to the
 encoder's input + normalization + forward). "Loader alone" is `embed`'s DataLoader delivering every
@@ -210,10 +210,10 @@ does not, so glibc maps, faults in and zeroes each batch's large tensors afresh.
 {table}
 
 Keeping freed memory makes `stain-texture` {speedup_st:.1f}x and the CNN {speedup_cnn:.1f}x faster on this machine.
-With the default (uncompressed) bags the loader costs {loader_st:.1f}% of the default encoder's forward
+With uncompressed bags the loader costs {loader_st:.1f}% of the default encoder's forward
 pass and {loader_cnn:.1f}% of the CNN's. From gzip bags it costs {loader_gz:.0f}% of the default encoder's:
 un-gzipping a 256-px patch takes about as long as `stain-texture` takes to embed it, for a bag only
-~20% smaller. Hence uncompressed patches by default.
+~20% smaller. Hence raw rather than gzip for lossless storage (the default is JPEG: `bench_bag_storage.py`).
 The atomic write is the price of never leaving a half-written bag: {write_st:.0f}% of `stain-texture`'s
 forward time (one copy of ~240 MB of patches per 1,200-patch bag, at memory speed), {write_cnn:.1f}% of
 the CNN's; a filesystem with reflinks (XFS, btrfs, ZFS) makes the copy free. The whole command

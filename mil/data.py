@@ -2,7 +2,7 @@
 
 Three file layouts are read, so features made elsewhere train here unchanged:
 
-- this project's bags (schema ``pathology-bag/1``): ``/features/<encoder>`` (N, D) and ``/coords``;
+- this project's bags (schemas ``pathology-bag/1`` and ``/2``): ``/features/<encoder>`` (N, D) and ``/coords``;
 - CLAM / TRIDENT (and STAMP) feature files: a dataset at the root, ``/features`` (STAMP:
   ``/feats``), (N, D) or (1, N, D), and ``/coords`` (N, 2);
 - ``.pt`` tensors (CLAM's ``pt_files``), loaded with ``weights_only=True``: a file holding
@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import torch
 
-from pathology.bag import SCHEMA, BagError
+from pathology.bag import READABLE_SCHEMAS, SCHEMA, BagError
 from pathology.errors import InputError
 from pathology.h5rows import read_rows
 from pathology.safeload import RefusedPickleError, load_tensors
@@ -138,9 +138,10 @@ def _h5_feature_names(f: h5py.File, path: Path) -> list[str]:
     schema = schema.decode() if isinstance(schema, bytes) else schema
     if _is_ours(f):
         return sorted(k for k, v in f["features"].items() if isinstance(v, h5py.Dataset))
-    if schema is not None and schema != SCHEMA:
-        raise BagError(f"{path}: unsupported bag schema {schema!r} (this version reads {SCHEMA!r})")
-    if schema == SCHEMA:
+    if schema is not None and schema not in READABLE_SCHEMAS:
+        raise BagError(f"{path}: unsupported bag schema {schema!r} (this version reads "
+                       f"{' and '.join(map(repr, READABLE_SCHEMAS))}; it writes {SCHEMA!r})")
+    if schema in READABLE_SCHEMAS:
         return []
     roots = [name for name in ROOT_FEATURE_NAMES if isinstance(f.get(name), h5py.Dataset)]
     if not roots:

@@ -128,7 +128,7 @@ def time_unit_note(config: TrainConfig) -> str:
 
 
 def bag_settings(path: Path, feature_name: str | None) -> BagSettings | None:
-    """Tiling/stain/encoder settings of a ``pathology-bag/1`` bag, so ``pathology run`` can apply
+    """Tiling/stain/encoder settings of a ``pathology-bag/*`` bag, so ``pathology run`` can apply
     the model to new slides the same way; None for other feature files."""
     if path.suffix != ".h5":
         return None

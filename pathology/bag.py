@@ -1,4 +1,4 @@
-"""HDF5 bags, schema ``pathology-bag/1``: one file per slide, written atomically.
+"""HDF5 bags, schema ``pathology-bag/2``: one file per slide, written atomically.
 
 Layout (docs/architecture.md, "Bags"): root attrs ``schema, slide_id, slide_path, slide_fingerprint,
 mpp_level0, mpp_source, target_mpp, patch_size, read_level, tiling (JSON), stain
@@ -23,11 +23,15 @@ Patches the tiler dropped because they touch a corrupt tile of the slide (``--on
 skip``) are listed in ``/skipped_coords`` (int64 (K, 2)) and the tiles in the root attr
 ``bad_tiles`` (JSON: level, column, row, file offset, the decoder's message).
 
-Patches are stored uncompressed by default. Lossless deflate shrinks stain-normalized H&E
-patches by only 1.2-1.35x (1.24x on CMU-1, 1.34x on the synthetic benchmark slide) and
-un-deflating a 256-px patch (0.4 ms with libdeflate, 0.8 ms through HDF5's zlib) takes as
-long as the default encoder needs to embed it; ``compression="gzip"`` trades that CPU for
-disk when bags are archived. Both are standard HDF5 filters any reader decodes.
+Patches are stored as one HDF5 chunk each, with the codec of ``--compression``
+(:mod:`pathology.patchcodec`): JPEG at quality 90 by default (a bag is then smaller than its
+slide: ``benchmarks/bench_bag_storage.py``), or lossless (``none``, ``gzip``). The codec is
+recorded in the ``/patches`` attrs ``codec`` (and ``quality``, ``subsampling`` for JPEG) and in
+the tiling parameters. Read patches with :func:`read_patches`, whatever the codec: a stored
+patch that does not decode is a :class:`BagError` naming the bag and the row.
+
+Schema 2 differs from schema 1 only there: schema 1 stored raw or gzip patches without the
+``codec`` attr. Both are read (:data:`READABLE_SCHEMAS`); new bags are written as schema 2.
 """
 
 from __future__ import annotations
@@ -40,27 +44,28 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import imagecodecs
 import numpy as np
 
 from . import __version__
 from .errors import UserError, storage_errno, storage_error, storage_errors
 from .fingerprint import fingerprint, slide_changed
+from .patchcodec import CODECS, DEFAULT_CODEC, DEFAULT_QUALITY, CorruptPatchError
+from .patchcodec import read as read_stored
 from .publish import commit, partial_path
 
-__all__ = ["SCHEMA", "BagError", "BagWriter", "close_hdf5", "completed_with", "fingerprint", "open_bag",
-           "pair_or_scalar", "read_attrs"]
+__all__ = ["READABLE_SCHEMAS", "SCHEMA", "BagError", "BagWriter", "close_hdf5", "completed_with", "fingerprint",
+           "open_bag", "pair_or_scalar", "read_attrs", "read_patches"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "pathology-bag/1"
+SCHEMA = "pathology-bag/2"
+READABLE_SCHEMAS = ("pathology-bag/1", SCHEMA)
 
 
 class BagError(UserError):
     """A bag (or feature file) that cannot be used; the message names the file and what is wrong."""
 
-COMPRESSIONS = ("none", "gzip")
-GZIP_LEVEL = 1  # libdeflate level 1: standard gzip chunks at ~3x zlib's speed
+COMPRESSIONS = tuple(CODECS)
 
 
 def pair_or_scalar(xy: tuple[float, float], integer: bool = False) -> Any:
@@ -78,12 +83,14 @@ class BagWriter:
     (``--on-bad-tile skip``) and the dataset is shrunk to those written."""
 
     def __init__(self, path: str | Path, n_patches: int, patch_size: int, store_patches: bool = True,
-                 compression: str = "none"):
+                 compression: str = DEFAULT_CODEC, quality: int = DEFAULT_QUALITY):
         if compression not in COMPRESSIONS:
             raise UserError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+        if not 1 <= quality <= 100:
+            raise UserError(f"JPEG quality must be 1-100, got {quality}")
         self.path = Path(path)
         self.tmp = partial_path(self.path)
-        self.compression = compression
+        self.codec, self.quality = CODECS[compression], quality
         self.written = 0
         self._file: h5py.File | None = None
         self.patches = None
@@ -92,11 +99,7 @@ class BagWriter:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = h5py.File(self.tmp, "w")
                 if store_patches:
-                    self.patches = self._file.create_dataset(
-                        "patches", shape=(n_patches, patch_size, patch_size, 3), dtype=np.uint8,
-                        chunks=(1, patch_size, patch_size, 3) if n_patches else None,
-                        compression="gzip" if compression == "gzip" and n_patches else None,
-                        compression_opts=GZIP_LEVEL if compression == "gzip" and n_patches else None)
+                    self.patches = self.codec.create(self._file, n_patches, patch_size, quality)
         except BaseException:
             self.abort()
             raise
@@ -121,9 +124,9 @@ class BagWriter:
     def encode(self, batch: np.ndarray) -> list[bytes] | np.ndarray:
         """Compress patches into their stored chunks. Thread-safe: the tiler calls it on
         its worker threads so compression runs in parallel with decoding."""
-        if self.compression == "none":
+        if self.codec.name == "none":
             return batch
-        return [imagecodecs.deflate_encode(np.ascontiguousarray(p), level=GZIP_LEVEL) for p in batch]
+        return [self.codec.encode(np.ascontiguousarray(p), self.quality) for p in batch]
 
     def write_encoded(self, encoded: list[bytes] | np.ndarray, keep: np.ndarray | None = None) -> None:
         """Append encoded patches (those where ``keep`` is true) after those written so far
@@ -131,7 +134,7 @@ class BagWriter:
         is the patch's bytes, so it skips HDF5's chunk cache and its copy too."""
         if self.patches is None:
             return
-        if self.compression == "none":
+        if self.codec.name == "none":
             encoded = np.ascontiguousarray(encoded, dtype=np.uint8)
         with storage_errors(self.path):
             for i, chunk in enumerate(encoded):
@@ -202,6 +205,22 @@ def open_bag(path: str | Path) -> h5py.File:
         raise BagError(f"{path}: not a readable bag ({_why_unreadable(path, exc)})") from None
 
 
+def read_patches(f: h5py.File, rows: slice | np.ndarray, path: str | Path | None = None) -> np.ndarray:
+    """Stored patches ``rows`` (a slice, or integer rows in any order) of the open bag ``f``,
+    uint8 (k, S, S, 3), whatever their codec. A patch that does not decode (strictly, as slide
+    tiles are: docs/reliability.md) is a :class:`BagError` naming the bag and the row, never
+    garbage."""
+    path = path or f.filename
+    if "patches" not in f:
+        raise BagError(f"{path}: stores no patches (tiled with --no-patches); they are read from the slide")
+    try:
+        return read_stored(f["patches"], rows)
+    except CorruptPatchError as exc:
+        raise BagError(f"{path}: {exc}; re-tile the slide") from None
+    except ValueError as exc:  # a codec this version does not know
+        raise BagError(f"{path}: {exc}") from None
+
+
 def _why_unreadable(path: str | Path, exc: OSError) -> str:
     text = " ".join(str(exc).split())
     truncated = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text)
@@ -237,7 +256,7 @@ def completed_with(path: str | Path, slide: str | Path, slide_fingerprint: str, 
     except (OSError, ValueError, KeyError, BagError) as exc:  # unreadable file: rebuild it
         return f"existing bag unreadable ({type(exc).__name__})"
     if attrs.get("schema") != SCHEMA:
-        return f"existing bag has schema {attrs.get('schema')!r}"
+        return f"existing bag has schema {attrs.get('schema')!r}, this version writes {SCHEMA!r}"
     changed = slide_changed(attrs.get("slide_fingerprint"), slide, slide_fingerprint)
     if changed:
         return changed

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import tifffile
 
+from pathology.bag import SCHEMA, open_bag, read_patches
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -47,7 +49,8 @@ DIM = 16
 
 def write_bag(path: Path, features: np.ndarray | dict[str, np.ndarray], *, coords: np.ndarray | None = None,
               encoder: str = ENCODER, dtype: np.dtype | None = np.float16, weights_sha256: str = "0" * 64) -> Path:
-    """One bag in the ``pathology-bag/1`` layout, as `pathology tile` + `pathology embed` leave it.
+    """One bag in the current ``pathology-bag`` layout (:data:`pathology.bag.SCHEMA`), as
+    `pathology tile` + `pathology embed` leave it.
 
     ``features``: one (N, D) array, stored as ``encoder``; or ``{encoder: array}`` for several
     feature sets (``{}``: a bag not embedded yet, ``coords`` give N). Stored as ``dtype``
@@ -59,7 +62,7 @@ def write_bag(path: Path, features: np.ndarray | dict[str, np.ndarray], *, coord
         coords = np.stack([np.arange(n) % 16 * 256, np.arange(n) // 16 * 256], 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
-        f.attrs.update(schema="pathology-bag/1", slide_id=path.stem, target_mpp=0.5, patch_size=256,
+        f.attrs.update(schema=SCHEMA, slide_id=path.stem, target_mpp=0.5, patch_size=256,
                        tiling=json.dumps({"target_mpp": 0.5, "patch_size": 256}), stain=json.dumps({"method": "none"}))
         f.create_dataset("coords", data=np.asarray(coords).astype(np.int64))
     for name, x in sets.items():
@@ -79,6 +82,73 @@ def add_features(path: Path, features: np.ndarray, *, encoder: str = ENCODER,
         ds.attrs.update(encoder=encoder, weights_sha256=weights_sha256, dim=x.shape[-1], input_size=224,
                         mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
     return path
+
+
+def stored_patches(bag: Path, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+    """A tiled bag's patches, decoded whatever their codec (JPEG chunks need the bag's reader)."""
+    with open_bag(bag) as f:
+        return read_patches(f, rows)
+
+
+def stored_bytes(ds: h5py.Dataset) -> bytes:
+    """A dataset's content as stored: its values, or for JPEG patches (which plain h5py cannot
+    decode) the bytes of each chunk."""
+    if ds.attrs.get("codec") == "jpeg":
+        return b"".join(ds.id.read_direct_chunk((i, 0, 0, 0))[1] for i in range(len(ds)))
+    return ds[()].tobytes()
+
+
+# JPEG quantization tables of ITU-T T.81 Annex K, scaled by quality as libjpeg does.
+JPEG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69,
+                      56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104,
+                      113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]).reshape(8, 8)
+JPEG_CHROMA = np.full((8, 8), 99)
+JPEG_CHROMA[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
+YCC_TO_RGB_GAIN = 1 + 1.772  # the largest |dRGB| per unit of |dY| + |dC| (B = Y + 1.772 (Cb - 128), JFIF)
+
+
+def jpeg_tables(quality: int) -> tuple[np.ndarray, np.ndarray]:
+    """The luminance and chrominance quantization steps libjpeg uses at ``quality``."""
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return tuple(np.clip((base * scale + 50) // 100, 1, 255) for base in (JPEG_LUMA, JPEG_CHROMA))
+
+
+def jpeg_bounds(quality: int) -> tuple[float, float]:
+    """Error bounds of a 4:4:4 baseline JPEG round trip at ``quality``, in 8-bit RGB levels, from
+    its quantization steps Q alone (no image statistics):
+
+    - each 8x8 block's mean, per channel: the block mean is the DC coefficient / 8 and the
+      decoder's DC is within Q_00 / 2 of the encoder's, so Y, Cb and Cr block means move by at
+      most Q_00 / 16, plus 1/16 for the DC's integer rounding and 0.5 each for the colour
+      conversion's and the inverse DCT's rounding; converted to RGB (gain at most 2.772) plus
+      0.5 for the output's rounding. Blocks with a decoded 0 or 255 are exempt: clamping there
+      moves the mean by more.
+    - the RMS over a whole block, per channel: each coefficient's error is at most Q / 2 and the
+      DCT is orthonormal (Parseval), so the RMS error of a component is at most
+      sqrt(mean(Q^2)) / 2, plus the same rounding; then the same RGB gain.
+
+    At quality 90: 3.96 for block means (measured on CMU-1's patches: at most 1.78) and 27.5
+    for the RMS (measured: at most 5.4)."""
+    luma, chroma = jpeg_tables(quality)
+    rounding = 0.5 + 1 / 16 + 0.5
+    mean = max(luma[0, 0], chroma[0, 0]) / 16 + rounding
+    rms = max(np.sqrt((luma.astype(float) ** 2).mean()), np.sqrt((chroma.astype(float) ** 2).mean())) / 2 + rounding
+    return YCC_TO_RGB_GAIN * mean + 0.5, YCC_TO_RGB_GAIN * rms + 0.5
+
+
+def assert_jpeg_close(decoded: np.ndarray, original: np.ndarray, quality: int) -> None:
+    """``decoded`` (k, S, S, 3) is ``original`` through a JPEG round trip at ``quality``, within
+    :func:`jpeg_bounds` (S a multiple of 8)."""
+    mean_bound, rms_bound = jpeg_bounds(quality)
+    k, s = original.shape[:2]
+    blocks = (k, s // 8, 8, s // 8, 8, 3)
+    d, o = decoded.astype(np.float64).reshape(blocks), original.astype(np.float64).reshape(blocks)
+    clean = ~((decoded == 0) | (decoded == 255)).reshape(blocks).any(axis=(2, 4, 5))
+    assert clean.mean() > 0.25, "too few blocks away from 0 and 255 to check"
+    mean_error = np.abs(d.mean(axis=(2, 4)) - o.mean(axis=(2, 4)))[clean]
+    assert mean_error.max() <= mean_bound, f"block mean off by {mean_error.max():.2f} > {mean_bound:.2f}"
+    rms = np.sqrt(((d - o) ** 2).mean(axis=(2, 4)))
+    assert rms.max() <= rms_bound, f"block RMS error {rms.max():.2f} > {rms_bound:.2f}"
 
 
 def write_clam(path: Path, features: np.ndarray, coords: np.ndarray | None = None, name: str = "features") -> Path:

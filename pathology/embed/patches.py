@@ -1,49 +1,84 @@
 """A bag's patches in batches, for a DataLoader: from ``/patches``, or re-read from the slide.
 
 Both datasets yield ``(start, uint8 tensor (B, S, S, 3))`` so features are written by
-position whatever order the loader's workers deliver them in.
+position whatever order the loader's workers deliver them in. Patches stored as JPEG are
+decoded on a thread of the loader: in the main process, the next batch is decoded while
+the encoder works on this one (``benchmarks/bench_bag_storage.py``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ..bag import BagError, read_attrs
+from ..bag import BagError, read_attrs, read_patches
 from ..errors import storage_errors
 from ..fingerprint import fingerprint, slide_changed
+from ..patchcodec import codec_of
 from ..slide import open_slide
 from ..stain import restore_normalizer
 from ..tiling.grid import Grid
 from ..tiling.reader import PatchReader
 
+DECODE_AHEAD = True  # JPEG: decode the next batch on a thread (bench_bag_storage.py measures both ways)
+
 
 class StoredPatches(Dataset):
-    """Batch ``k`` of the bag's stored patches; each loader worker opens its own file handle."""
+    """Batch ``k`` of the bag's stored patches; each loader worker opens its own file handle.
+
+    Patches the codec decodes here (JPEG) are read on a thread, one batch ahead when the
+    loader runs in the main process (batches are asked for in order there): decoding runs
+    while the encoder works. In loader worker processes, the processes are the parallelism."""
 
     def __init__(self, bag: Path, batch_size: int) -> None:
         self.bag, self.batch_size = Path(bag), batch_size
         with h5py.File(self.bag, "r") as f:
             self.count = len(f["patches"])
+            try:
+                self.read_ahead = codec_of(f["patches"]).chunk_decoder is not None
+            except ValueError as exc:  # a codec this version does not know
+                raise BagError(f"{self.bag}: {exc}") from None
         self._file: h5py.File | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[int, Future] = {}
 
     def __len__(self) -> int:
         return math.ceil(self.count / self.batch_size)
 
     def __getitem__(self, k: int) -> tuple[int, torch.Tensor]:
+        if not (self.read_ahead and DECODE_AHEAD) or get_worker_info() is not None:
+            return self._read(k)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
+        batch = self._ahead.pop(k, None) or self._pool.submit(self._read, k)
+        if k + 1 < len(self) and k + 1 not in self._ahead:
+            self._ahead[k + 1] = self._pool.submit(self._read, k + 1)
+        return batch.result()
+
+    def _read(self, k: int) -> tuple[int, torch.Tensor]:
         if self._file is None:
             self._file = h5py.File(self.bag, "r")
         lo = k * self.batch_size
-        return lo, torch.from_numpy(self._file["patches"][lo:lo + self.batch_size])
+        return lo, torch.from_numpy(read_patches(self._file, slice(lo, lo + self.batch_size), self.bag))
+
+    def close(self) -> None:
+        """Stop reading ahead and close the file (the loader is done, or gave up)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._ahead = None, {}
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_file": None}  # workers open their own handle
+        return {**self.__dict__, "_file": None, "_pool": None, "_ahead": {}}  # workers open their own
 
 
 class SlidePatches(IterableDataset):

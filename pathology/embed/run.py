@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..bag import SCHEMA, BagError, close_hdf5, open_bag
+from ..bag import READABLE_SCHEMAS, SCHEMA, BagError, close_hdf5, open_bag
 from ..batch import Outcome
 from ..encoders import Encoder
 from ..errors import UserError, storage_errors
 from ..inputs import SlideInput
-from .patches import bag_patches
+from .patches import StoredPatches, bag_patches
 from .staging import StagedCopy
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class EmbedOptions:
 def existing_features(bag: Path, name: str) -> dict | None:
     """The attrs of ``/features/<name>`` in ``bag``, or None when absent."""
     with open_bag(bag) as f:
-        if f.attrs.get("schema") != SCHEMA:
+        if f.attrs.get("schema") not in READABLE_SCHEMAS:
             raise BagError(f"{bag}: not a pathology bag (schema {f.attrs.get('schema')!r}, expected {SCHEMA})")
         node = f.get(f"features/{name}")
         return None if node is None else dict(node.attrs)
@@ -136,6 +136,9 @@ def embed_bag(bag: Path, encoder: Encoder, options: EmbedOptions,
     except BaseException:
         staged.discard()
         raise
+    finally:
+        if isinstance(dataset, StoredPatches):
+            dataset.close()
     seconds = time.perf_counter() - t0
     return Outcome(bag.stem, "done", dataset.count, seconds,
                    f"{dataset.count / max(seconds, 1e-9):.0f} patches/s from the {attrs['patch_source']}")

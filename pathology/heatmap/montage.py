@@ -12,11 +12,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..h5rows import read_rows
+from ..bag import open_bag
+from ..bag import read_patches as read_stored
 from ..qc import _font
 from ..slide import Slide
 from ..stain import restore_normalizer
@@ -36,8 +36,8 @@ def read_patches(bag: BagView, rows: np.ndarray,
     if not len(rows):
         return np.zeros((0, TILE, TILE, 3), np.uint8)
     if bag.has_patches:
-        with h5py.File(bag.path, "r") as f:
-            return read_rows(f["patches"], rows)
+        with open_bag(bag.path) as f:
+            return read_stored(f, rows, bag.path)
     size = int(bag.attrs["patch_size"])
     level = int(bag.attrs["read_level"])
     with open_slide("the montage (the bag stores no patches)") as slide:

@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..bag import SCHEMA, read_attrs
+from ..bag import READABLE_SCHEMAS, SCHEMA, read_attrs
 from ..errors import UserError
 
 # Reads the attention of one bag: task -> (N,) scores, rows aligned with the bag's coords.
@@ -54,13 +54,13 @@ class BagView:
 
 
 def read_bag(path: str | Path) -> BagView:
-    """A ``pathology-bag/1`` file's geometry, thumbnail and tissue mask; one-line errors."""
+    """A bag's (``pathology-bag/1`` or ``/2``) geometry, thumbnail and tissue mask; one-line errors."""
     path = Path(path)
     try:
         attrs = read_attrs(path)
     except OSError as exc:
         raise HeatmapError(f"{path}: not a readable bag ({' '.join(str(exc).split())})") from None
-    if attrs.get("schema") != SCHEMA:
+    if attrs.get("schema") not in READABLE_SCHEMAS:
         raise HeatmapError(f"{path}: schema is {attrs.get('schema')!r}, expected {SCHEMA!r} (a bag from "
                            "`pathology tile`)")
     with h5py.File(path, "r") as f:

@@ -32,6 +32,7 @@ from ..hashing import file_sha256, slide_seed
 from ..inputs import SlideInput
 from ..localcopy import local_copy
 from ..memory import reuse_freed_memory
+from ..patchcodec import DEFAULT_CODEC, DEFAULT_QUALITY
 from ..publish import commit, leftover_target, partial_path
 from ..qc import render_qc_image
 from ..roi import ROI, RoiSource
@@ -59,7 +60,8 @@ class TileOptions:
     backend: str = "auto"
     mpp: float | None = None         # level-0 µm/px override
     store_patches: bool = True
-    compression: str = "none"        # "gzip": ~20% smaller bags, slower tiling and embedding
+    compression: str = DEFAULT_CODEC  # patch codec (pathology.patchcodec): jpeg, or lossless none / gzip
+    jpeg_quality: int = DEFAULT_QUALITY
     stain_fit_patches: int = 16      # patches sampled per slide to fit the stain model (~1 M pixels)
 
     @classmethod
@@ -157,7 +159,7 @@ def _tile_open_slide(slide: Slide, path: Path, slide_id: str, bag_path: Path, fp
         with PatchReader(slide, grid, options.grid.patch_size, threads=threads, on_bad_tile=on_bad_tile) as reader:
             normalizer = _fit_stain(reader, grid, slide_id, options)
             writer = BagWriter(bag_path, len(grid), options.grid.patch_size, options.store_patches,
-                               options.compression)
+                               options.compression, options.jpeg_quality)
             background.append(pool.submit(writer.write_overview, thumb, mask.mask, mask_scale))
             if options.store_patches and len(grid):
                 prepare = lambda batch: writer.encode(normalizer.transform(batch))

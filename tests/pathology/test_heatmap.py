@@ -23,7 +23,7 @@ from pathology.heatmap.overlay import BAR_COLOUR, colour_lut
 from pathology.heatmap.raster import OutputGrid, paint_mean, smooth
 from pathology.heatmap.scores import extremes
 from pathology.synth import SynthConfig, write_synthetic_slide
-from tests.factories import add_features
+from tests.factories import add_features, stored_patches
 
 runner = CliRunner()
 MASK_DS = 32          # the synthetic truth masks' level-0 px per pixel
@@ -186,12 +186,11 @@ def test_csv_has_one_row_per_patch_and_montage_shows_the_extremes(cohort, tmp_pa
     montage = picture(out / "syn" / "er.montage.png")
     plan = layout([5, 5])
     assert montage.shape[:2] == (plan.height, plan.width)
-    with h5py.File(cohort["bag"]) as f:
-        stored = f["patches"]
-        for rows_, corners in ((top, plan.tiles[0]), (low, plan.tiles[1])):
-            for i, (x0, y0) in zip(rows_, corners, strict=True):
-                tile = montage[y0:y0 + 192, x0:x0 + 192]
-                np.testing.assert_array_equal(tile, fit_patch(stored[int(i)]))
+    stored = stored_patches(cohort["bag"])  # JPEG, the default: the montage shows the decoded patch exactly
+    for rows_, corners in ((top, plan.tiles[0]), (low, plan.tiles[1])):
+        for i, (x0, y0) in zip(rows_, corners, strict=True):
+            tile = montage[y0:y0 + 192, x0:x0 + 192]
+            np.testing.assert_array_equal(tile, fit_patch(stored[int(i)]))
 
 
 def test_geojson_is_qupath_importable(cohort, tmp_path):
@@ -283,8 +282,7 @@ def test_coords_only_bag_reads_its_montage_from_the_slide(cohort, tmp_path):
     montage = picture(tmp_path / "c" / "syn" / "er.montage.png")
     plan = layout([2, 2])
     top, _ = extremes(cohort["er"], 2)
-    with h5py.File(cohort["bag"]) as f:
-        stored = [fit_patch(f["patches"][int(i)]).astype(np.float32) for i in top]
+    stored = [fit_patch(p).astype(np.float32) for p in stored_patches(cohort["bag"], top)]
     for j, (x0, y0) in enumerate(plan.tiles[0]):
         tile = montage[y0:y0 + 192, x0:x0 + 192].astype(np.float32)
         same, other = np.abs(tile - stored[j]).mean(), np.abs(tile - stored[1 - j]).mean()

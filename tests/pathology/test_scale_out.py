@@ -26,6 +26,7 @@ from pathology.inputs import expand_inputs
 from pathology.synth import SynthConfig, write_synthetic_slide
 from pathology.tiling.pipeline import TileOptions
 from pathology.tiling.stage import tile_stage
+from tests.factories import stored_bytes
 
 pytest.importorskip("ray", reason="the ray extra")  # CI installs it with .[test]
 
@@ -58,7 +59,7 @@ def bag_content(path: Path) -> dict:
 
         def visit(name, node):
             if isinstance(node, h5py.Dataset):
-                out[name] = node[()].tobytes()
+                out[name] = stored_bytes(node)
                 out.update({f"{name}@{k}": str(v) for k, v in node.attrs.items() if k != "created"})
         f.visititems(visit)
     return out
