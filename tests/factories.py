@@ -41,6 +41,50 @@ def write_pyramid_tiff(path: Path, image: np.ndarray, downsamples=(1, 4, 16), mp
     return path
 
 
+def pyramid_levels(image: np.ndarray, downsamples=(1, 4, 16)) -> list[np.ndarray]:
+    """The reduced levels :func:`write_pyramid_tiff` stores: block means of ``image``."""
+    h, w = image.shape[:2]
+    out = []
+    for ds in downsamples:
+        lh, lw = h // ds, w // ds
+        out.append(image[:lh * ds, :lw * ds].reshape(lh, ds, lw, ds, 3).mean(axis=(1, 3)).astype(np.uint8)
+                   if ds > 1 else image)
+    return out
+
+
+def write_ome_tiff(path: Path, image: np.ndarray, downsamples=(1, 4, 16), size: float | None = 0.25,
+                   unit: str | None = "µm", tile: int = 256, compression: str = "jpeg",
+                   layout: str = "subifd", label: bool = True) -> Path:
+    """A real pyramidal OME-TIFF of ``image`` (levels as :func:`pyramid_levels`), as converters
+    write them: ``layout="subifd"`` stores reduced levels as sub-IFDs of the full image
+    (bfconvert, QuPath, OME-TIFF 6); ``"series"`` as further OME images. ``size`` and ``unit``
+    become ``PhysicalSizeX/Y`` and their units (None leaves them out); ``label`` adds a small
+    label image, which must never be taken for a level. Written with tifffile."""
+    levels = pyramid_levels(image, downsamples)
+    meta = {"axes": "YXS"}
+    if size is not None:
+        meta.update(PhysicalSizeX=size, PhysicalSizeY=size)
+        if unit is not None:
+            meta.update(PhysicalSizeXUnit=unit, PhysicalSizeYUnit=unit)
+    kwargs = dict(tile=(tile, tile), compression=compression, photometric="rgb")
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        if layout == "subifd":
+            tif.write(levels[0], subifds=len(levels) - 1, metadata=meta, **kwargs)
+            for level in levels[1:]:
+                tif.write(level, subfiletype=1, **kwargs)
+        else:
+            for i, level in enumerate(levels):
+                ds = downsamples[i]
+                scaled = {**meta, "Name": f"resolution {i}"}
+                if size is not None:
+                    scaled.update(PhysicalSizeX=size * ds, PhysicalSizeY=size * ds)
+                tif.write(level, metadata=scaled, **kwargs)
+        if label:
+            tif.write(np.full((120, 300, 3), 200, np.uint8), photometric="rgb",
+                      metadata={"axes": "YXS", "Name": "label"})
+    return path
+
+
 ENCODER = "toy-enc"
 DIM = 16
 

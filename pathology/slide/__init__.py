@@ -10,11 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import image_backend, openslide_backend, tiffslide_backend
+from . import image_backend, ometiff_backend, openslide_backend, tiffslide_backend
 from .base import Mpp, Slide, SlideError, resolve_mpp, rgba_to_rgb
 
 __all__ = [
     "BACKENDS",
+    "FOLDER_EXTENSIONS",
     "SLIDE_EXTENSIONS",
     "Mpp",
     "Slide",
@@ -24,9 +25,10 @@ __all__ = [
     "rgba_to_rgb",
 ]
 
-# Extensions a folder scan picks up as slides.
+# Extensions a folder scan picks up as slides; the folder ones are slides too (OME-Zarr).
+FOLDER_EXTENSIONS = {".zarr"}
 SLIDE_EXTENSIONS = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".dcm", ".vms", ".vmu",
-                    ".bif", ".svslide", ".png", ".jpg", ".jpeg"}
+                    ".bif", ".svslide", ".png", ".jpg", ".jpeg", *FOLDER_EXTENSIONS}
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,12 @@ class Backend:
     factory: Callable[..., Slide]
 
 
-# Order matters for "auto": OpenSlide knows the most vendor formats, tiffslide reads
-# any TIFF (also plain strip TIFFs OpenSlide refuses), PIL reads plain images.
+# Order matters for "auto": OME-TIFF first (OpenSlide opens it as a generic TIFF with one
+# level and no µm/px; only files with OME-XML are claimed), then OpenSlide, which knows the
+# most vendor formats, tiffslide, which reads any TIFF (also plain strip TIFFs OpenSlide
+# refuses), and PIL for plain images.
 BACKENDS: dict[str, Backend] = {
+    "ometiff": Backend("ometiff", ometiff_backend.can_open, ometiff_backend.OmeTiffSlide),
     "openslide": Backend("openslide", openslide_backend.can_open, openslide_backend.OpenSlideSlide),
     "tiffslide": Backend("tiffslide", tiffslide_backend.can_open, tiffslide_backend.TiffSlideSlide),
     "image": Backend("image", image_backend.can_open, image_backend.ImageSlide),

@@ -43,11 +43,13 @@ class Mpp:
 
 
 def resolve_mpp(path: str | Path, found: tuple[float, float] | None, source: str,
-                override: float | tuple[float, float] | None) -> tuple[Mpp | None, str]:
+                override: float | tuple[float, float] | None,
+                missing: str = "no µm/px in the slide's metadata") -> tuple[Mpp | None, str]:
     """Pick the µm/px: the user's ``--mpp`` first, then plausible metadata.
 
-    Returns the resolution, or ``None`` and the reason (a hint on how to fix it):
-    a slide without µm/px still opens, but cannot be tiled (never a silent guess).
+    Returns the resolution, or ``None`` and the reason (``missing`` when ``found`` is None,
+    and a hint on how to fix it): a slide without µm/px still opens, but cannot be tiled
+    (never a silent guess).
     """
     if override is not None:
         ox, oy = (override, override) if np.isscalar(override) else override
@@ -56,7 +58,7 @@ def resolve_mpp(path: str | Path, found: tuple[float, float] | None, source: str
         return Mpp(float(ox), float(oy), "override"), ""
     hint = "pass --mpp with the scan resolution, e.g. --mpp 0.25 for 40x or --mpp 0.5 for 20x"
     if found is None:
-        return None, f"no µm/px in the slide's metadata; {hint}"
+        return None, f"{missing}; {hint}"
     fx, fy = found
     lo, hi = MPP_PLAUSIBLE
     if all(lo <= v <= hi for v in (fx, fy)):
@@ -73,6 +75,9 @@ class Slide:
     """
 
     backend: str = "?"
+    # (series, level) of tifffile's reading of the file that holds each level, where the
+    # backend knows them (OME-TIFF); None: series 0's levels, when their count matches.
+    tiff_levels: list[tuple[int, int]] | None = None
 
     def __init__(self, path: str | Path, level_dimensions: list[tuple[int, int]],
                  mpp: tuple[Mpp | None, str]):

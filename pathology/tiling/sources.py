@@ -104,9 +104,13 @@ class TiffTileSource:
         except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: the backend's read_region serves
             return None
         try:
-            levels = tif.series[0].levels
             w, h = slide.level_dimensions[level]
-            page = levels[level].pages[0] if len(levels) == slide.level_count else None
+            if slide.tiff_levels:  # the backend knows where each level is (OME-TIFF)
+                series, index = slide.tiff_levels[level]
+                page = tif.series[series].levels[index].pages[0]
+            else:
+                levels = tif.series[0].levels
+                page = levels[level].pages[0] if len(levels) == slide.level_count else None
             if (page is None or not page.is_tiled or page.shape[:2] != (h, w) or page.dtype != np.uint8
                     or page.samplesperpixel not in (3, 4) or page.planarconfig != 1 or page.tiledepth != 1):
                 tif.close()
