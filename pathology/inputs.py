@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-from .slide import FOLDER_EXTENSIONS, SLIDE_EXTENSIONS
+from .slide import SLIDE_EXTENSIONS, is_folder_slide, slide_exists
 from .table import read_table, where
 
 # Folder scans pick up whole-slide formats only: plain images in a slide folder are
@@ -29,11 +29,6 @@ def slide_id_for(path: Path) -> str:
     return path.stem[:-4] if path.stem.lower().endswith(".ome") and len(path.stem) > 4 else path.stem
 
 
-def is_folder_slide(path: Path) -> bool:
-    """A folder that is one slide (an OME-Zarr ``*.zarr``), not a folder of slides."""
-    return path.suffix.lower() in FOLDER_EXTENSIONS and path.is_dir()
-
-
 def _walk(folder: Path) -> list[Path]:
     """Files and folder slides under ``folder``, without looking inside folder slides."""
     out = []
@@ -50,7 +45,7 @@ def _walk(folder: Path) -> list[Path]:
 def _scan_folder(folder: Path) -> list[Path]:
     found, dicom_dirs = [], set()
     for p in _walk(folder):
-        if p.suffix.lower() not in WSI_EXTENSIONS or not (p.is_file() or is_folder_slide(p)):
+        if p.suffix.lower() not in WSI_EXTENSIONS or not slide_exists(p):
             continue
         if p.suffix.lower() == ".dcm":  # one slide per DICOM folder: OpenSlide finds the rest
             if p.parent in dicom_dirs:
@@ -112,7 +107,7 @@ def expand_inputs(inputs: list[str]) -> list[SlideInput]:
             slides.append(SlideInput(slide_id_for(path), path))
         elif glob.has_magic(item):
             matches = [Path(p) for p in sorted(glob.glob(item, recursive=True))
-                       if Path(p).is_file() or is_folder_slide(Path(p))]
+                       if slide_exists(Path(p))]
             if not matches:
                 problems.append(f"{item}: pattern matches no file")
             slides += [SlideInput(slide_id_for(p), p) for p in matches]

@@ -146,6 +146,12 @@ class Slide:
         """Read an in-bounds box given in *level* pixel coordinates."""
         raise NotImplementedError
 
+    def chunk_shape(self, level: int) -> tuple[int, int] | None:
+        """(width, height) of the blocks ``level`` is stored in, where a whole block is the
+        cheapest read (OME-Zarr chunks: the tiler then reads block by block, in parallel);
+        None when the backend has no such grid (or its tiles are read another way)."""
+        return None
+
     def thumbnail(self, max_size: int) -> np.ndarray:
         """Whole slide, RGB, longest side at most ``max_size`` pixels."""
         w0, h0 = self.dimensions

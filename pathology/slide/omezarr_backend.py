@@ -1,0 +1,136 @@
+"""OME-Zarr backend: NGFF 0.4 (zarr v2, ``.zattrs``) and 0.5 (zarr v3, ``zarr.json`` with an ``ome``
+attribute) multiscale images, read with ``zarr``.
+
+The first multiscale is the slide; its datasets, finest first, are the pyramid levels. µm/px is the
+``scale`` of the finest dataset's coordinate transformations (times the multiscale's own scale, if
+any) along ``x`` and ``y``, in the axes' units (``micrometer``, ``nanometer``, ``millimeter``, ...;
+an axis without a unit gives no resolution, never a guess). Axes may come in any order (``t,c,z,y,x``,
+``c,y,x``, ``y,x,c``): time and z take their first plane, the channel axis (type ``channel``, or named
+``c``) gives the colours. A local ``*.zarr`` folder is opened; so is any URL zarr's stores open
+(``file://``, and ``s3://``, ``gs://``, ``https://`` through fsspec where its backend is installed).
+
+Chunk codecs that imagecodecs registers with numcodecs (``imagecodecs_jpeg``, JPEG 2000, JPEG XL, ...)
+are available, as converters of JPEG slides use them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .base import Slide, SlideError, resolve_mpp, rgba_to_rgb
+from .units import micrometres_per
+
+METADATA = ("zarr.json", ".zattrs")
+
+
+def can_open(path: Path | str) -> bool:
+    """A URL, or a folder whose zarr metadata holds ``multiscales``."""
+    if is_url(path):
+        return True
+    path = Path(path)
+    return path.is_dir() and any(_multiscales(_load_json(path / name)) for name in METADATA)
+
+
+def is_url(path: Path | str) -> bool:
+    return isinstance(path, str) and "://" in path
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _multiscales(attrs: dict) -> list:
+    """The ``multiscales`` list of a group's attributes (0.5 nests it under ``ome``)."""
+    attrs = attrs.get("attributes", attrs)  # zarr.json keeps the attributes in a field
+    found = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+    return found if isinstance(found, list) else []
+
+
+def _axes(multiscale: dict, ndim: int) -> list[dict]:
+    """Axes as dicts (name, type, unit); NGFF 0.3 lists names, 0.1-0.2 imply t,c,z,y,x."""
+    axes = multiscale.get("axes") or ["t", "c", "z", "y", "x"][-ndim:]
+    out = [a if isinstance(a, dict) else {"name": str(a)} for a in axes]
+    if len(out) != ndim:
+        raise ValueError(f"{len(out)} axes for {ndim}-dimensional arrays")
+    return out
+
+
+def _scale(transforms: list | None, ndim: int) -> list[float]:
+    scale = [1.0] * ndim
+    for t in transforms or []:
+        if t.get("type") == "scale":
+            if "scale" not in t:
+                raise ValueError("a scale transformation given by path is not supported")
+            scale = [a * float(b) for a, b in zip(scale, t["scale"], strict=True)]
+    return scale
+
+
+def ngff_mpp(multiscale: dict, axes: list[dict], ndim: int) -> tuple[tuple[float, float] | None, str]:
+    """µm/px along x and y of the finest dataset, or (None, why)."""
+    dataset = _scale(multiscale["datasets"][0].get("coordinateTransformations"), ndim)
+    overall = _scale(multiscale.get("coordinateTransformations"), ndim)
+    names = [a["name"].lower() for a in axes]
+    found = []
+    for axis in ("x", "y"):
+        i = names.index(axis)
+        unit = axes[i].get("unit")
+        if not unit:
+            return None, f"axis {axis} has no unit in the OME-Zarr metadata"
+        per = micrometres_per(unit)
+        if per is None:
+            return None, f"axis {axis}'s unit {unit!r} in the OME-Zarr metadata is not a length unit"
+        found.append(dataset[i] * overall[i] * per)
+    return (found[0], found[1]), ""
+
+
+class OmeZarrSlide(Slide):
+    backend = "omezarr"
+
+    def __init__(self, path: str | Path, mpp: float | None = None):
+        import zarr
+        from imagecodecs.numcodecs import register_codecs
+
+        register_codecs(verbose=False)  # JPEG and other image codecs used by slide converters
+        where = path if is_url(path) else str(path)
+        try:
+            group = zarr.open_group(where, mode="r")
+            multiscale = _multiscales(dict(group.attrs))[0]
+            self._arrays = [group[d["path"]] for d in multiscale["datasets"]]
+            first = self._arrays[0]
+            axes = _axes(multiscale, first.ndim)
+            self._axes = [a["name"].lower() for a in axes]
+            if "x" not in self._axes or "y" not in self._axes:
+                raise ValueError(f"no x and y axes ({', '.join(self._axes)})")
+            self._channel = next((i for i, a in enumerate(axes) if a.get("type") == "channel" or self._axes[i] == "c"),
+                                 None)
+            found, problem = ngff_mpp(multiscale, axes, first.ndim)
+        except Exception as exc:
+            raise SlideError(path, f"not an OME-Zarr multiscale image zarr can read "
+                                   f"({type(exc).__name__}: {exc})") from exc
+        channels = first.shape[self._channel] if self._channel is not None else 1
+        if first.dtype != np.uint8 or channels not in (1, 3, 4):
+            raise SlideError(path, f"not a brightfield RGB image ({channels} channels of {first.dtype}); "
+                                   "only 8-bit RGB or grey OME-Zarr images are read")
+        ix, iy = self._axes.index("x"), self._axes.index("y")
+        dims = [(int(a.shape[ix]), int(a.shape[iy])) for a in self._arrays]
+        super().__init__(path, dims, resolve_mpp(path, found, "OME-Zarr coordinateTransformations", mpp, problem))
+
+    def chunk_shape(self, level: int) -> tuple[int, int]:
+        chunks = self._arrays[level].chunks
+        return int(chunks[self._axes.index("x")]), int(chunks[self._axes.index("y")])
+
+    def _read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        index = tuple(slice(y, y + h) if a == "y" else slice(x, x + w) if a == "x"
+                      else slice(None) if i == self._channel else 0 for i, a in enumerate(self._axes))
+        kept = [i for i, a in enumerate(self._axes) if a in ("x", "y") or i == self._channel]
+        order = [kept.index(self._axes.index("y")), kept.index(self._axes.index("x"))]
+        if self._channel is not None:
+            order.append(kept.index(self._channel))
+        region = np.asarray(self._arrays[level][index])
+        return rgba_to_rgb(np.ascontiguousarray(np.transpose(region, order)))
