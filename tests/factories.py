@@ -122,6 +122,30 @@ def write_ome_zarr(path: Path, image: np.ndarray, downsamples=(1, 4, 16), mpp: f
     return path
 
 
+def write_offset_tiff(path: Path, image: np.ndarray, columns: int = 2, rows: int = 1, tile: int = 256,
+                      mpp: float = 0.25) -> Path:
+    """A generic tiled pyramid TIFF whose level 0 lacks its first ``columns`` columns and ``rows``
+    rows of tiles (TileByteCounts 0, as scanners leave tiles of empty glass unwritten), so OpenSlide
+    (>= 4.0.1) reports ``openslide.bounds-x/y`` = (columns, rows) x ``tile``: a slide whose level 0
+    does not start at the origin, as MIRAX scans are. The image is white there on every level."""
+    image = image.copy()
+    image[:rows * tile] = 255
+    image[:, :columns * tile] = 255
+    write_pyramid_tiff(path, image, mpp=mpp, tile=tile, aperio=False)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        counts = page.tags["TileByteCounts"]
+        assert counts.dtype == 4, "LONG byte counts expected"
+        across, down = -(-page.shape[1] // tile), -(-page.shape[0] // tile)
+        offset = counts.valueoffset
+    missing = {r * across + c for r in range(down) for c in range(across) if r < rows or c < columns}
+    with open(path, "r+b") as fh:
+        for index in sorted(missing):
+            fh.seek(offset + 4 * index)
+            fh.write(b"\0\0\0\0")
+    return path
+
+
 ENCODER = "toy-enc"
 DIM = 16
 

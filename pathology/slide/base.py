@@ -78,6 +78,9 @@ class Slide:
     # (series, level) of tifffile's reading of the file that holds each level, where the
     # backend knows them (OME-TIFF); None: series 0's levels, when their count matches.
     tiff_levels: list[tuple[int, int]] | None = None
+    # The level-0 pixel that QuPath shows as its (0, 0) for this file (see pathology.slide.qupath):
+    # GeoJSON for QuPath is written, and read, relative to it.
+    qupath_origin: tuple[int, int] = (0, 0)
 
     def __init__(self, path: str | Path, level_dimensions: list[tuple[int, int]],
                  mpp: tuple[Mpp | None, str]):

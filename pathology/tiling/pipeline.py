@@ -162,7 +162,7 @@ def _tile_open_slide(slide: Slide, path: Path, slide_id: str, bag_path: Path, fp
             tiling = {"params": params, "read_level": grid.read_level, "reader": reader.source_name,
                       "candidates": grid.candidates, "stride_level0": list(grid.stride_level0),
                       "mask_downsample": list(mask_scale), "level_dimensions": slide.level_dimensions,
-                      "backend": slide.backend}
+                      "backend": slide.backend, "qupath_origin": list(slide.qupath_origin)}
             attrs = {"slide_id": slide_id, "slide_path": str(path.resolve()), "slide_fingerprint": fp,
                      "mpp_level0": pair_or_scalar((mpp.x, mpp.y)), "mpp_source": mpp.source,
                      "target_mpp": options.grid.target_mpp, "patch_size": options.grid.patch_size,
