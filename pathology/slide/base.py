@@ -155,6 +155,14 @@ class Slide:
         None when the backend has no such grid (or its tiles are read another way)."""
         return None
 
+    def read_chunk(self, level: int, column: int, row: int) -> np.ndarray:
+        """The pixels of block (``column``, ``row``) of :meth:`chunk_shape`'s grid, cut at the
+        level's edge (backends may decode it more directly than a region read)."""
+        cw, ch = self.chunk_shape(level)
+        lw, lh = self.level_dimensions[level]
+        x, y = column * cw, row * ch
+        return self.read_level_region(level, x, y, min(cw, lw - x), min(ch, lh - y))
+
     def thumbnail(self, max_size: int) -> np.ndarray:
         """Whole slide, RGB, longest side at most ``max_size`` pixels."""
         w0, h0 = self.dimensions

@@ -302,6 +302,22 @@ class ChunkSource(RegionSource):
         uses = Counter(("chunk", cy, cx) for chunks in self._chunks(boxes) for cy, cx in chunks)
         return {key for key, n in uses.items() if n == 1}
 
+    def region(self, x: int, y: int, w: int, h: int, bad: list[dict] | None = None) -> np.ndarray:
+        """The level's pixels in the box (x, y, w, h), assembled chunk by chunk (white outside the
+        level). With a list ``bad``, a chunk that cannot be read is left white and recorded there."""
+        out = np.full((h, w, 3), 255, np.uint8)
+        for piece in self.plan(np.array([[x, y, x + w, y + h]]))[0]:
+            try:
+                pixels = piece.load()
+            except SlideError as exc:
+                if bad is None:
+                    raise
+                bx0, by0, bx1, by1 = piece.box
+                bad.append(self.unreadable(bx0, by0, bx1 - bx0, by1 - by0, exc))
+                continue
+            paste(out, (x, y), piece.box, pixels, (self.width, self.height))
+        return out
+
     def _chunks(self, boxes: np.ndarray) -> Iterator[list[tuple[int, int]]]:
         last_x, last_y = (self.width - 1) // self.cw, (self.height - 1) // self.ch
         for x0, y0, x1, y1 in boxes.tolist():
@@ -312,8 +328,7 @@ class ChunkSource(RegionSource):
     def _chunk(self, cy: int, cx: int) -> Piece:
         x0, y0 = cx * self.cw, cy * self.ch
         x1, y1 = min(x0 + self.cw, self.width), min(y0 + self.ch, self.height)
-        return Piece(("chunk", cy, cx), (x0, y0, x1, y1),
-                     partial(self.slide.read_level_region, self.level, x0, y0, x1 - x0, y1 - y0))
+        return Piece(("chunk", cy, cx), (x0, y0, x1, y1), partial(self.slide.read_chunk, self.level, cx, cy))
 
 
 def paste(out: np.ndarray, origin: tuple[int, int], box: tuple[int, int, int, int], data: np.ndarray,

@@ -177,3 +177,41 @@ def test_tile_embed_heatmap_and_view(tmp_path, pixels):
         conn.close()
     h, w = shown.shape[:2]  # the top-left tile at full resolution: level-0 pixels, JPEG-compressed
     assert np.abs(shown - pixels[:h, :w]).mean() < 3
+
+
+@pytest.mark.parametrize(("version", "axes", "jpeg"), [("0.4", "cyx", False), ("0.5", "tczyx", False),
+                                                       ("0.4", "yxc", True)])
+def test_chunks_are_decoded_straight_from_their_files(tmp_path, pixels, version, axes, jpeg):
+    """The tiler's fast path decodes chunk files itself: the pixels zarr gives for the same box."""
+    path = write_ome_zarr(tmp_path / "s.ome.zarr", pixels[:1000, :1300], (1, 4), version=version, axes=axes,
+                          jpeg=jpeg)
+    group = zarr.open_group(str(path), mode="r")
+    with open_slide(path) as slide:
+        assert all(files is not None for files in slide._files)  # the plain layouts writers use
+        for level, (column, row) in ((0, (5, 3)), (0, (0, 0)), (1, (1, 0))):
+            w, h = slide.level_dimensions[level]
+            x0, y0 = column * 256, row * 256
+            x1, y1 = min(x0 + 256, w), min(y0 + 256, h)  # the last column and row are cut at the edge
+            truth = group[str(level)][...]
+            truth = truth[0, :, 0] if axes == "tczyx" else truth
+            truth = np.moveaxis(truth, 0, -1) if axes != "yxc" else truth
+            np.testing.assert_array_equal(slide.read_chunk(level, column, row), truth[y0:y1, x0:x1])
+
+
+def test_other_layouts_go_through_zarr_and_a_corrupt_chunk_is_named(tmp_path, pixels):
+    small = pixels[:512, :768]
+    group = zarr.open_group(str(tmp_path / "planes.ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=(3, 512, 768), chunks=(1, 256, 256), dtype="uint8")[...] = np.moveaxis(small, 2, 0)
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "c", "type": "channel"},
+                                                              {"name": "y", "type": "space", "unit": "micrometer"},
+                                                              {"name": "x", "type": "space", "unit": "micrometer"}],
+                                   "datasets": [{"path": "0", "coordinateTransformations": [
+                                       {"type": "scale", "scale": [1, 0.5, 0.5]}]}]}]
+    with open_slide(tmp_path / "planes.ome.zarr") as slide:
+        assert slide._files == [None]  # one colour per chunk: zarr assembles them
+        np.testing.assert_array_equal(slide.read_chunk(0, 2, 1), small[256:512, 512:768])
+    path = write_ome_zarr(tmp_path / "c.ome.zarr", small, (1, 2), version="0.5")
+    chunk = path / "0" / "c" / "0" / "1" / "1"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    with open_slide(path) as slide, pytest.raises(SlideError, match="corrupt chunk"):
+        slide.read_chunk(0, 1, 1)
