@@ -143,7 +143,8 @@ def main() -> None:
             "0.25 µm/px, pyramid 1/4/16, 256-px tiles or chunks) in each format, tiled at 0.5 µm/px, 256 px "
             f"({min(runs['SVS (JPEG tiles)'])[1]} patches). `tile_slide` in process: tissue, "
             "reading, QC picture, bag. Best of "
-            f"{args.rounds} interleaved rounds; on a loaded machine read the ratios between rows, not the seconds.\n\n{table}\n\nOne 256-px JPEG chunk of the OME-Zarr 0.4 store, one "
+            f"{args.rounds} interleaved rounds; on a loaded machine read the ratios between rows, not the "
+            f"seconds.\n\n{table}\n\nOne 256-px JPEG chunk of the OME-Zarr 0.4 store, one "
             f"thread: {zarr_ms:.2f} ms through zarr's array slicing, {direct_ms:.2f} ms read from its file and "
             "decoded directly (the tiler's chunk source uses the direct path for plain layouts: zarr v2 with one "
             "compressor, zarr v3 with bytes + zstd/gzip/blosc, local stores).\n")
