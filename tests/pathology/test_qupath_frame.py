@@ -24,6 +24,7 @@ from pathology.roi import ROI, Polygon
 from pathology.slide import open_slide
 from pathology.slide.qupath import origin_from_properties
 from pathology.synth import SynthConfig, write_synthetic_slide
+from pathology.synth.ihc_cells import CellFieldConfig, write_cell_field
 from tests.factories import write_offset_tiff, write_ome_tiff
 
 runner = CliRunner()
@@ -115,3 +116,29 @@ def test_an_roi_drawn_in_qupath_is_moved_to_the_files_level_0():
     assert moved.bounds == (512, 256, 612, 306) and moved.sha256 == "x"
     np.testing.assert_array_equal(moved.polygons[0].holes[0], square / 10 + 20 + BOUNDS)
     assert roi.translated(0, 0) is roi
+
+
+def test_ihc_reads_a_qupath_roi_and_writes_qupath_nuclei_in_the_same_frame(tmp_path):
+    """A ROI drawn in QuPath on the offset slide (QuPath's pixels) scores the cells under it; the
+    nuclei GeoJSON comes back in QuPath's frame, the cells table in the file's level 0."""
+    cfg = CellFieldConfig(width=1024, height=1024, mpp=0.5, seed=4, layout="field")
+    write_cell_field(tmp_path / "src.svs", cfg)
+    with tifffile.TiffFile(tmp_path / "src.svs") as tif:
+        pixels = tif.series[0].levels[0].asarray()
+    slide = write_offset_tiff(tmp_path / "field.tif", pixels, columns=1, rows=1, mpp=0.5)  # bounds (256, 256)
+    roi = tmp_path / "field.geojson"   # QuPath's (0, 0)-(400, 400): the file's (256, 256)-(656, 656)
+    roi.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"objectType": "annotation"},
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [400, 0], [400, 400], [0, 400], [0, 0]]]}}]}))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ihc", str(slide), "--marker", "ki67", "-o", str(out), "--roi", str(roi)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "field.json").read_text())
+    assert record["qupath_origin"] == [256, 256] and record["roi"]["bounds_level0"] == [256, 256, 656, 656]
+    with open(out / "cells" / "field.csv") as fh:
+        cells = np.array([[float(v) for v in line.split(",")[:2]] for line in fh.read().splitlines()[1:]])
+    assert len(cells) > 20
+    assert cells.min() >= 255 and cells.max() <= 657              # the file's level 0, inside the moved ROI
+    geo = json.loads((out / "cells" / "field.geojson").read_text())
+    centres = np.array([np.asarray(f["geometry"]["coordinates"][0])[:-1].mean(0) for f in geo["features"]])
+    np.testing.assert_allclose(np.sort(centres, 0), np.sort(cells - 256, 0), atol=0.2)  # QuPath's frame
