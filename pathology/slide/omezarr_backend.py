@@ -27,11 +27,28 @@ METADATA = ("zarr.json", ".zattrs")
 
 
 def can_open(path: Path | str) -> bool:
-    """A URL, or a folder whose zarr metadata holds ``multiscales``."""
+    """A URL, or a folder whose zarr metadata holds ``multiscales`` (in the folder itself or, for
+    bioformats2raw's layout, in its image ``0``)."""
     if is_url(path):
         return True
     path = Path(path)
-    return path.is_dir() and any(_multiscales(_load_json(path / name)) for name in METADATA)
+    if not path.is_dir():
+        return False
+    attrs = [_attributes(_load_json(path / name)) for name in METADATA]
+    if any(_multiscales(a) for a in attrs):
+        return True
+    return any(_is_bioformats2raw(a) for a in attrs) and any(
+        _multiscales(_attributes(_load_json(path / "0" / name))) for name in METADATA)
+
+
+def _attributes(metadata: dict) -> dict:
+    """A group's attributes: ``.zattrs`` itself, or the ``attributes`` of a ``zarr.json``."""
+    return metadata.get("attributes", metadata)
+
+
+def _is_bioformats2raw(attrs: dict) -> bool:
+    """bioformats2raw's layout: the root only points at the images ``0``, ``1``... (the slide is ``0``)."""
+    return "bioformats2raw.layout" in attrs or "bioformats2raw.layout" in (attrs.get("ome") or {})
 
 
 def is_url(path: Path | str) -> bool:
@@ -47,7 +64,6 @@ def _load_json(path: Path) -> dict:
 
 def _multiscales(attrs: dict) -> list:
     """The ``multiscales`` list of a group's attributes (0.5 nests it under ``ome``)."""
-    attrs = attrs.get("attributes", attrs)  # zarr.json keeps the attributes in a field
     found = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
     return found if isinstance(found, list) else []
 
@@ -100,6 +116,8 @@ class OmeZarrSlide(Slide):
         where = path if is_url(path) else str(path)
         try:
             group = zarr.open_group(where, mode="r")
+            if not _multiscales(dict(group.attrs)) and _is_bioformats2raw(dict(group.attrs)):
+                group = group["0"]  # the first image; label and macro are further images, never read
             multiscale = _multiscales(dict(group.attrs))[0]
             self._arrays = [group[d["path"]] for d in multiscale["datasets"]]
             first = self._arrays[0]

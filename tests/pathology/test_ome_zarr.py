@@ -215,3 +215,20 @@ def test_other_layouts_go_through_zarr_and_a_corrupt_chunk_is_named(tmp_path, pi
     chunk.write_bytes(chunk.read_bytes()[:20])
     with open_slide(path) as slide, pytest.raises(SlideError, match="corrupt chunk"):
         slide.read_chunk(0, 1, 1)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_bioformats2raw_layout_opens_its_first_image(tmp_path, pixels, version):
+    """bioformats2raw (the converter behind most OME-Zarr slides) puts the slide in image 0 under a
+    root that only names the layout; a further image (a label, here) is never taken."""
+    root = tmp_path / "b2r.ome.zarr"
+    write_ome_zarr(root / "0", pixels[:1024, :1536], (1, 4), version=version)
+    write_ome_zarr(root / "1", np.full((128, 384, 3), 90, np.uint8), (1,), version=version)
+    group = zarr.open_group(str(root), mode="a", zarr_format=2 if version == "0.4" else 3)
+    if version == "0.4":
+        group.attrs["bioformats2raw.layout"] = 3
+    else:
+        group.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
+    with open_slide(root) as slide:
+        assert slide.backend == "omezarr" and slide.level_dimensions == [(1536, 1024), (384, 256)]
+        np.testing.assert_array_equal(slide.read_region((0, 0), 0, (1536, 1024)), pixels[:1024, :1536])
