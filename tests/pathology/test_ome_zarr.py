@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import json
 import shutil
 import xml.etree.ElementTree as ET
 
@@ -232,3 +233,18 @@ def test_bioformats2raw_layout_opens_its_first_image(tmp_path, pixels, version):
     with open_slide(root) as slide:
         assert slide.backend == "omezarr" and slide.level_dimensions == [(1536, 1024), (384, 256)]
         np.testing.assert_array_equal(slide.read_region((0, 0), 0, (1536, 1024)), pixels[:1024, :1536])
+
+
+def test_ihc_scores_an_ome_zarr_slide_as_the_same_pixels_in_a_tiff(tmp_path):
+    from pathology.synth.ihc_cells import CellFieldConfig, write_cell_field
+
+    write_cell_field(tmp_path / "src.svs", CellFieldConfig(width=1024, height=768, mpp=0.5, seed=6, layout="field"))
+    with tifffile.TiffFile(tmp_path / "src.svs") as tif:
+        field = tif.series[0].levels[0].asarray()
+    (tmp_path / "in").mkdir()
+    write_pyramid_tiff(tmp_path / "in" / "a.tif", field, (1, 4), mpp=0.5, compression="zlib", aperio=False)
+    write_ome_zarr(tmp_path / "in" / "b.ome.zarr", field, (1, 4), mpp=0.5)
+    result = runner.invoke(app, ["ihc", str(tmp_path / "in"), "--marker", "ki67", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    a, b = (json.loads((tmp_path / "out" / f"{n}.json").read_text()) for n in "ab")
+    assert a["cells"] > 50 and (b["cells"], b["percent_positive"]) == (a["cells"], a["percent_positive"])
