@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .errors import InputError
-from .slide import SLIDE_EXTENSIONS
+from .slide import SLIDE_EXTENSIONS, is_folder_slide, slide_exists
 from .slide.base import MPP_PLAUSIBLE
 from .table import read_table, where
 
@@ -41,14 +41,30 @@ class SlideInput:
 
 
 def slide_id_for(path: Path) -> str:
-    """A slide's id from its file name; a DICOM series is named by its folder."""
-    return path.parent.name if path.suffix.lower() == ".dcm" else path.stem
+    """A slide's id from its file name (``name.ome.tif`` and ``name.ome.zarr`` are ``name``); a
+    DICOM series is named by its folder."""
+    if path.suffix.lower() == ".dcm":
+        return path.parent.name
+    return path.stem[:-4] if path.stem.lower().endswith(".ome") and len(path.stem) > 4 else path.stem
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Files and folder slides under ``folder``, without looking inside folder slides."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if is_folder_slide(p):
+            out.append(p)
+        elif p.is_dir():
+            out += _walk(p)
+        else:
+            out.append(p)
+    return out
 
 
 def _scan_folder(folder: Path) -> list[Path]:
     found, dicom_dirs = [], set()
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in WSI_EXTENSIONS:
+    for p in _walk(folder):
+        if p.suffix.lower() not in WSI_EXTENSIONS or not slide_exists(p):
             continue
         if p.suffix.lower() == ".dcm":  # one slide per DICOM folder: OpenSlide finds the rest
             if p.parent in dicom_dirs:
@@ -120,7 +136,7 @@ def expand_inputs(inputs: list[str]) -> list[SlideInput]:
                 slides += read_manifest_slides(path)
             except InputError as exc:
                 problems.append(str(exc))
-        elif path.is_dir():
+        elif path.is_dir() and not is_folder_slide(path):
             found = _scan_folder(path)
             if not found:
                 problems.append(f"{item}: folder holds no slides ({', '.join(sorted(WSI_EXTENSIONS))})")
@@ -128,7 +144,8 @@ def expand_inputs(inputs: list[str]) -> list[SlideInput]:
         elif path.exists():
             slides.append(SlideInput(slide_id_for(path), path))
         elif glob.has_magic(item):
-            matches = [Path(p) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()]
+            matches = [Path(p) for p in sorted(glob.glob(item, recursive=True))
+                       if slide_exists(Path(p))]
             if not matches:
                 problems.append(f"{item}: pattern matches no file")
             slides += [SlideInput(slide_id_for(p), p) for p in matches]

@@ -26,7 +26,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,15 @@ class ROI:
                 "holes": sum(len(p.holes) for p in self.polygons), "bounds_level0": [round(v, 1) for v in
                                                                                     (x0, y0, x1, y1)],
                 "classes": sorted({n for n in self.names if n})}
+
+    def translated(self, dx: float, dy: float) -> ROI:
+        """The same ROI moved by (dx, dy) pixels: from QuPath's frame to the file's level 0, whose
+        difference is the slide's ``qupath_origin`` (:mod:`pathology.slide.qupath`)."""
+        if not dx and not dy:
+            return self
+        shift = np.array([dx, dy], np.float64)
+        return replace(self, polygons=tuple(Polygon(p.exterior + shift, tuple(h + shift for h in p.holes))
+                                            for p in self.polygons))
 
     def check_within(self, dimensions: tuple[int, int]) -> None:
         """Raise :class:`ROIError` if the ROI misses a slide of these level-0 dimensions entirely."""

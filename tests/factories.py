@@ -43,6 +43,111 @@ def write_pyramid_tiff(path: Path, image: np.ndarray, downsamples=(1, 4, 16), mp
     return path
 
 
+def pyramid_levels(image: np.ndarray, downsamples=(1, 4, 16)) -> list[np.ndarray]:
+    """The reduced levels :func:`write_pyramid_tiff` stores: block means of ``image``."""
+    h, w = image.shape[:2]
+    out = []
+    for ds in downsamples:
+        lh, lw = h // ds, w // ds
+        out.append(image[:lh * ds, :lw * ds].reshape(lh, ds, lw, ds, 3).mean(axis=(1, 3)).astype(np.uint8)
+                   if ds > 1 else image)
+    return out
+
+
+def write_ome_tiff(path: Path, image: np.ndarray, downsamples=(1, 4, 16), size: float | None = 0.25,
+                   unit: str | None = "µm", tile: int = 256, compression: str = "jpeg",
+                   layout: str = "subifd", label: bool = True) -> Path:
+    """A real pyramidal OME-TIFF of ``image`` (levels as :func:`pyramid_levels`), as converters
+    write them: ``layout="subifd"`` stores reduced levels as sub-IFDs of the full image
+    (bfconvert, QuPath, OME-TIFF 6); ``"series"`` as further OME images. ``size`` and ``unit``
+    become ``PhysicalSizeX/Y`` and their units (None leaves them out); ``label`` adds a small
+    label image, which must never be taken for a level. Written with tifffile."""
+    levels = pyramid_levels(image, downsamples)
+    meta = {"axes": "YXS"}
+    if size is not None:
+        meta.update(PhysicalSizeX=size, PhysicalSizeY=size)
+        if unit is not None:
+            meta.update(PhysicalSizeXUnit=unit, PhysicalSizeYUnit=unit)
+    kwargs = dict(tile=(tile, tile), compression=compression, photometric="rgb")
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        if layout == "subifd":
+            tif.write(levels[0], subifds=len(levels) - 1, metadata=meta, **kwargs)
+            for level in levels[1:]:
+                tif.write(level, subfiletype=1, **kwargs)
+        else:
+            for i, level in enumerate(levels):
+                ds = downsamples[i]
+                scaled = {**meta, "Name": f"resolution {i}"}
+                if size is not None:
+                    scaled.update(PhysicalSizeX=size * ds, PhysicalSizeY=size * ds)
+                tif.write(level, metadata=scaled, **kwargs)
+        if label:
+            tif.write(np.full((120, 300, 3), 200, np.uint8), photometric="rgb",
+                      metadata={"axes": "YXS", "Name": "label"})
+    return path
+
+
+def write_ome_zarr(path: Path, image: np.ndarray, downsamples=(1, 4, 16), mpp: float | None = 0.25,
+                   unit: str | None = "micrometer", version: str = "0.4", axes: str = "cyx", chunk: int = 256,
+                   jpeg: bool = False) -> Path:
+    """A real OME-Zarr multiscale image of ``image`` (levels as :func:`pyramid_levels`), written
+    with zarr as NGFF ``version`` lays it out: 0.4 in zarr v2 (``.zattrs``), 0.5 in zarr v3
+    (``zarr.json``, attributes under ``ome``). ``axes`` orders the arrays (``tczyx``, ``cyx``,
+    ``yxc``); each dataset's ``scale`` is ``mpp`` times its downsample along x and y, in ``unit``
+    (None: no unit). ``jpeg`` compresses chunks with imagecodecs' numcodecs JPEG (zarr v2, axes yxc),
+    as slide converters do."""
+    import zarr
+
+    fmt = 2 if version == "0.4" else 3
+    group = zarr.open_group(path, mode="w", zarr_format=fmt)
+    kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+    axes_meta = [{"name": a, "type": kinds[a], **({"unit": unit} if unit and a in "yx" else {})} for a in axes]
+    datasets = []
+    extra = {}
+    if jpeg:
+        from imagecodecs.numcodecs import Jpeg
+        extra = {"compressors": Jpeg(level=90)}
+    for i, (ds, level) in enumerate(zip(downsamples, pyramid_levels(image, downsamples))):
+        data = level.reshape(1, 1, *level.shape) if axes == "tczyx" else level
+        order = {"yxc": (0, 1, 2), "cyx": (2, 0, 1), "tczyx": (0, 4, 1, 2, 3)}[axes]
+        data = np.ascontiguousarray(np.transpose(data, order))
+        chunks = tuple(chunk if a in "yx" else n for a, n in zip(axes, data.shape))
+        array = group.create_array(str(i), shape=data.shape, chunks=chunks, dtype="uint8", **extra)
+        array[...] = data
+        scale = [float(mpp or 1) * ds if a in "yx" else 1.0 for a in axes]
+        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    multiscale = {"axes": axes_meta, "datasets": datasets, "name": path.stem}
+    if version == "0.4":
+        group.attrs["multiscales"] = [{"version": "0.4", **multiscale}]
+    else:
+        group.attrs["ome"] = {"version": "0.5", "multiscales": [multiscale]}
+    return path
+
+
+def write_offset_tiff(path: Path, image: np.ndarray, columns: int = 2, rows: int = 1, tile: int = 256,
+                      mpp: float = 0.25) -> Path:
+    """A generic tiled pyramid TIFF whose level 0 lacks its first ``columns`` columns and ``rows``
+    rows of tiles (TileByteCounts 0, as scanners leave tiles of empty glass unwritten), so OpenSlide
+    (>= 4.0.1) reports ``openslide.bounds-x/y`` = (columns, rows) x ``tile``: a slide whose level 0
+    does not start at the origin, as MIRAX scans are. The image is white there on every level."""
+    image = image.copy()
+    image[:rows * tile] = 255
+    image[:, :columns * tile] = 255
+    write_pyramid_tiff(path, image, mpp=mpp, tile=tile, aperio=False)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        counts = page.tags["TileByteCounts"]
+        assert counts.dtype == 4, "LONG byte counts expected"
+        across, down = -(-page.shape[1] // tile), -(-page.shape[0] // tile)
+        offset = counts.valueoffset
+    missing = {r * across + c for r in range(down) for c in range(across) if r < rows or c < columns}
+    with open(path, "r+b") as fh:
+        for index in sorted(missing):
+            fh.seek(offset + 4 * index)
+            fh.write(b"\0\0\0\0")
+    return path
+
+
 ENCODER = "toy-enc"
 DIM = 16
 

@@ -35,7 +35,6 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
-EncoderName = Enum("EncoderName", {n: n for n in ENCODERS}, type=str)
 Dtype = Enum("Dtype", {n: n for n in DTYPES}, type=str)
 
 
@@ -49,8 +48,9 @@ class Precision(str, Enum):
 def embed_command(
     bags: Annotated[list[str], typer.Argument(help="Bag files (.h5), folders of bags, or globs.",
                                               show_default=False)],
-    encoder: Annotated[EncoderName, typer.Option("--encoder", "-e", help="Encoder from the registry "
-                                                 "(`pathology encoders list`).")] = EncoderName["stain-texture"],
+    encoder: Annotated[str, typer.Option("--encoder", "-e", help="Encoder from the registry (`pathology encoders "
+                                         f"list`: {', '.join(ENCODERS)}), or a folder with a config.json and "
+                                         "safetensors weights (docs/encoders.md).")] = "stain-texture",
     weights: Annotated[Path | None, typer.Option(help="Weights file (safetensors, or a PyTorch state dict read "
                                                       "with weights_only=True); default: the local cache.",
                                                  dir_okay=False)] = None,
@@ -95,7 +95,7 @@ def embed_command(
     choice = ExecutorChoice(executor.value, 1, address, cpus_per_worker=cpus_per_worker,
                             gpus_per_worker=gpus_per_worker)
     threads = choice.worker_threads() or available_cores()
-    encoder_choice = EncoderChoice(encoder.value, weights, device=device, precision=precision.value,
+    encoder_choice = EncoderChoice(encoder, weights, device=device, precision=precision.value,
                                    compile=compile, random_weights=random_weights, threads=threads)
     with reported(console):
         shard_spec = parse_shard(shard)

@@ -22,7 +22,7 @@ from ..bag import BagError, read_attrs, read_patches
 from ..errors import storage_errors
 from ..fingerprint import fingerprint, slide_changed
 from ..patchcodec import codec_of
-from ..slide import open_slide
+from ..slide import open_slide, slide_exists
 from ..stain import restore_normalizer
 from ..tiling.grid import Grid
 from ..tiling.reader import PatchReader
@@ -92,7 +92,7 @@ class SlidePatches(IterableDataset):
         attrs = read_attrs(self.bag)
         self.attrs = attrs
         self.slide_path = Path(slide_path or attrs["slide_path"])
-        if not self.slide_path.is_file():
+        if not slide_exists(self.slide_path):
             raise BagError(f"{self.bag.name}: holds coordinates only and its slide {self.slide_path} "
                                     "is not there; pass --slides DIR with the slide files")
         # The slide may be a copy elsewhere (--slides DIR): its modification time says nothing,

@@ -19,26 +19,30 @@ class WeightSource:
 
     ``hf_repo``/``hf_file``: a Hugging Face Hub file (looked up in the local HF cache,
     downloaded only by ``pathology encoders fetch``); ``url``: a plain download kept in the
-    torch hub cache (``$TORCH_HOME/hub/checkpoints/<file name>``). ``None`` for both means
-    the encoder has no weights to load (its parameters are fixed by construction).
+    torch hub cache (``$TORCH_HOME/hub/checkpoints/<file name>``); ``file``: a local file (an
+    encoder folder's weights, :mod:`pathology.encoders.local`). ``None`` for all means the
+    encoder has no weights to load (its parameters are fixed by construction).
     """
 
     hf_repo: str | None = None
     hf_file: str | None = None
     url: str | None = None
+    file: str | None = None
     licence: str = ""
     gated: bool = False        # the publisher must approve each user (accept terms on the Hub, log in)
     homepage: str = ""
 
     @property
     def needed(self) -> bool:
-        return bool(self.hf_repo or self.url)
+        return bool(self.hf_repo or self.url or self.file)
 
     @property
     def file_name(self) -> str:
         """The file name users have (what ``--weights`` would usually point at)."""
         if self.hf_file:
             return self.hf_file
+        if self.file:
+            return self.file.rsplit("/", 1)[-1]
         return self.url.rsplit("/", 1)[-1] if self.url else ""
 
 

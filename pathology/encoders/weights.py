@@ -26,6 +26,8 @@ class WeightsError(UserError):
 def cache_candidates(spec: EncoderSpec) -> list[Path]:
     """Where ``spec``'s weights would be in the local caches (nothing is downloaded)."""
     source, found = spec.weights, []
+    if source.file:
+        found.append(Path(source.file))
     if source.hf_repo and source.hf_file:
         from huggingface_hub import constants, try_to_load_from_cache
         hit = try_to_load_from_cache(source.hf_repo, source.hf_file)
@@ -53,6 +55,8 @@ def locate_weights(spec: EncoderSpec, weights: str | Path | None = None) -> Path
         if path.is_file():
             return path
     looked = " or ".join(str(p) for p in candidates)
+    if spec.weights.file:
+        raise WeightsError(f"encoder {spec.name}: weights not found (looked for {looked}); pass --weights FILE")
     raise WeightsError(f"encoder {spec.name}: weights not found (looked for {looked}); pass --weights FILE "
                        f"or run `pathology encoders fetch {spec.name}`")
 

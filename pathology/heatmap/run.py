@@ -79,7 +79,7 @@ def heatmap_slide(bag_path: str | Path, attention: AttentionSource, out_dir: str
     picture, tissue = background(bag, grid, opener)
     lut = colour_lut(options.cmap)
     folder = Path(out_dir) / bag.slide_id
-    tissue_geo = tissue_features(bag.tissue_mask, bag.thumb_downsample)
+    tissue_geo = tissue_features(bag.tissue_mask, bag.thumb_downsample, bag.qupath_origin)
     outputs: list[Callable[[], Path]] = []   # written once every task is rendered: no partial slide
     for task, raw in scores.items():
         norm = normalize(raw, options.normalization, options.percentiles)
@@ -93,7 +93,7 @@ def heatmap_slide(bag_path: str | Path, attention: AttentionSource, out_dir: str
         measurements = {f"{task} attention": raw, f"{task} attention ({options.normalization})": norm.values,
                         "tissue fraction": bag.tissue_fraction}
         geo = feature_collection(patch_features(bag.coords, bag.patch_size0, task, measurements,
-                                                tuple(int(c) for c in lut[-1])) + tissue_geo)
+                                                tuple(int(c) for c in lut[-1]), bag.qupath_origin) + tissue_geo)
         outputs += [partial(write_png, folder / f"{name}.heatmap.png",
                             with_legend(painted, lut, norm.ticks, title, norm.label)),
                     partial(write_csv, folder / f"{name}.scores.csv", CSV_HEADER, score_rows(bag, raw, norm)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..fingerprint import slide_changed
-from ..slide import Slide, open_slide
+from ..slide import Slide, is_folder_slide, open_slide, slide_exists
 from .sources import BagView, HeatmapError
 
 
@@ -18,9 +18,9 @@ def locate_slide(bag: BagView, slide: Path | None) -> Path | None:
     recorded name), else the path recorded in the bag; None when none exists."""
     recorded = Path(str(bag.attrs.get("slide_path", "")))
     if slide is not None:
-        candidate = slide / recorded.name if slide.is_dir() else slide
-        return candidate if candidate.is_file() else None
-    return recorded if recorded.name and recorded.is_file() else None
+        candidate = slide / recorded.name if slide.is_dir() and not is_folder_slide(slide) else slide
+        return candidate if slide_exists(candidate) else None
+    return recorded if recorded.name and slide_exists(recorded) else None
 
 
 def open_bag_slide(bag: BagView, path: Path | None, why: str) -> Slide:

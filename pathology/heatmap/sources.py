@@ -48,6 +48,12 @@ class BagView:
         return round(w * self.thumb_downsample[0]), round(h * self.thumb_downsample[1])
 
     @property
+    def qupath_origin(self) -> np.ndarray:
+        """The level-0 pixel QuPath shows as (0, 0) (:mod:`pathology.slide.qupath`), as the tiler
+        recorded it; (0, 0) for bags tiled before it was recorded."""
+        return np.asarray((self.attrs.get("tiling") or {}).get("qupath_origin") or (0, 0), np.float64)
+
+    @property
     def mpp(self) -> float:
         """Level-0 µm/px (mean of x and y for non-square pixels)."""
         return float(np.mean(np.broadcast_to(np.asarray(self.attrs["mpp_level0"], np.float64), (2,))))

@@ -165,7 +165,9 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
     marker = MARKERS[options.marker]
     with local_copy(path, stage_dir) as local, open_slide(local, backend=options.backend, mpp=options.mpp) as slide:
         mpp = slide.require_mpp()
+        ox, oy = slide.qupath_origin  # QuPath's (0, 0): its GeoJSON (the ROI, the nuclei) is relative to it
         if roi is not None:
+            roi = roi.translated(ox, oy)
             roi.check_within(slide.dimensions)
         tissue = tissue_map(slide, options.tissue)
         region = tissue.mask if roi is None else tissue.mask & roi.mask(slide.dimensions, tissue.scale)
@@ -197,7 +199,7 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
                                    area.astype(np.float64).round(1).tolist(), strict=True))
         qupath, detections = {}, out_dir / "cells" / f"{slide_id}.geojson"   # the same nuclei for QuPath
         if len(x) <= MAX_NUCLEI:
-            write_nuclei_geojson(detections, x, y, classes, intensity, area, mpp.x)
+            write_nuclei_geojson(detections, x - ox, y - oy, classes, intensity, area, mpp.x)
             qupath["cells_geojson"] = str(detections.relative_to(out_dir))
         else:
             detections.unlink(missing_ok=True)                                # an earlier run's, now stale
@@ -209,6 +211,7 @@ def score_slide(path: str | Path, slide_id: str, out_dir: str | Path, options: I
             outputs={"qc": str(qc_path.relative_to(out_dir)), "cells": str(cells_path.relative_to(out_dir)),
                      **qupath, **{k: str(v.relative_to(out_dir)) for k, v in maps.items()}},
             software_version=__version__, created=datetime.now(UTC).isoformat(timespec="seconds"))
+    record["qupath_origin"] = [int(ox), int(oy)]
     write_json(json_path, record)
     for warning in record["warnings"]:
         log.warning("%s: %s", slide_id, warning)

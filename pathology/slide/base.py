@@ -43,11 +43,13 @@ class Mpp:
 
 
 def resolve_mpp(path: str | Path, found: tuple[float, float] | None, source: str,
-                override: float | tuple[float, float] | None) -> tuple[Mpp | None, str]:
+                override: float | tuple[float, float] | None,
+                missing: str = "no µm/px in the slide's metadata") -> tuple[Mpp | None, str]:
     """Pick the µm/px: the user's ``--mpp`` first, then plausible metadata.
 
-    Returns the resolution, or ``None`` and the reason (a hint on how to fix it):
-    a slide without µm/px still opens, but cannot be tiled (never a silent guess).
+    Returns the resolution, or ``None`` and the reason (``missing`` when ``found`` is None,
+    and a hint on how to fix it): a slide without µm/px still opens, but cannot be tiled
+    (never a silent guess).
     """
     if override is not None:
         ox, oy = (override, override) if np.isscalar(override) else override
@@ -57,7 +59,7 @@ def resolve_mpp(path: str | Path, found: tuple[float, float] | None, source: str
     hint = ("pass --mpp with the scan resolution, e.g. --mpp 0.25 for 40x or --mpp 0.5 for 20x (per slide: an mpp "
             "column in the manifest)")
     if found is None:
-        return None, f"no µm/px in the slide's metadata; {hint}"
+        return None, f"{missing}; {hint}"
     fx, fy = found
     lo, hi = MPP_PLAUSIBLE
     if all(lo <= v <= hi for v in (fx, fy)):
@@ -74,6 +76,12 @@ class Slide:
     """
 
     backend: str = "?"
+    # (series, level) of tifffile's reading of the file that holds each level, where the
+    # backend knows them (OME-TIFF); None: series 0's levels, when their count matches.
+    tiff_levels: list[tuple[int, int]] | None = None
+    # The level-0 pixel that QuPath shows as its (0, 0) for this file (see pathology.slide.qupath):
+    # GeoJSON for QuPath is written, and read, relative to it.
+    qupath_origin: tuple[int, int] = (0, 0)
 
     def __init__(self, path: str | Path, level_dimensions: list[tuple[int, int]],
                  mpp: tuple[Mpp | None, str]):
@@ -141,6 +149,20 @@ class Slide:
     def _read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         """Read an in-bounds box given in *level* pixel coordinates."""
         raise NotImplementedError
+
+    def chunk_shape(self, level: int) -> tuple[int, int] | None:
+        """(width, height) of the blocks ``level`` is stored in, where a whole block is the
+        cheapest read (OME-Zarr chunks: the tiler then reads block by block, in parallel);
+        None when the backend has no such grid (or its tiles are read another way)."""
+        return None
+
+    def read_chunk(self, level: int, column: int, row: int) -> np.ndarray:
+        """The pixels of block (``column``, ``row``) of :meth:`chunk_shape`'s grid, cut at the
+        level's edge (backends may decode it more directly than a region read)."""
+        cw, ch = self.chunk_shape(level)
+        lw, lh = self.level_dimensions[level]
+        x, y = column * cw, row * ch
+        return self.read_level_region(level, x, y, min(cw, lw - x), min(ch, lh - y))
 
     def thumbnail(self, max_size: int) -> np.ndarray:
         """Whole slide, RGB, longest side at most ``max_size`` pixels."""

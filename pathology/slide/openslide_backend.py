@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Slide, SlideError, level0_location, resolve_mpp, rgba_to_rgb
+from .qupath import origin_from_properties
 
 
 def can_open(path: Path) -> bool:
@@ -39,6 +40,7 @@ class OpenSlideSlide(Slide):
             self._osr = openslide.OpenSlide(str(path))
             found, source = _metadata_mpp(self._osr.properties)
             dims = list(self._osr.level_dimensions)
+            self.qupath_origin = origin_from_properties(self._osr.properties)
         except Exception as exc:
             raise SlideError(path, f"OpenSlide cannot open it ({type(exc).__name__}: {exc})") from exc
         try:

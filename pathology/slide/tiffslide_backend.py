@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Slide, SlideError, level0_location, resolve_mpp, rgba_to_rgb
+from .qupath import openslide_origin
 
 
 def can_open(path: Path) -> bool:
@@ -33,6 +34,7 @@ class TiffSlideSlide(Slide):
         mx, my = props.get(tiffslide.PROPERTY_NAME_MPP_X), props.get(tiffslide.PROPERTY_NAME_MPP_Y)
         found = (float(mx), float(my)) if mx and my else None
         vendor = props.get(tiffslide.PROPERTY_NAME_VENDOR) or "tiff"
+        self.qupath_origin = openslide_origin(path)  # the same file's frame in QuPath, whoever reads it here
         try:
             super().__init__(path, dims, resolve_mpp(path, found, f"tiffslide {vendor} metadata", mpp))
         except SlideError:

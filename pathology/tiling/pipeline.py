@@ -136,12 +136,15 @@ def _tile_open_slide(slide: Slide, path: Path, slide_id: str, bag_path: Path, fp
     """The work of :func:`tile_slide` once the slide is open: (grid, reader name, patches
     skipped, bad tiles)."""
     mpp = slide.require_mpp()
-    if roi is not None:
-        roi.check_within(slide.dimensions)
+    # the ROI is in QuPath's frame (pathology.slide.qupath): placed on the file's level 0 to cut the
+    # grid; the bag records it as given, so a rerun with the same file compares equal
+    placed = None if roi is None else roi.translated(*slide.qupath_origin)
+    if placed is not None:
+        placed.check_within(slide.dimensions)
     bad_tiles: list[dict] = []  # skip: corrupt tiles met so far (thumbnail level and read level)
     thumb, mask, mask_scale = tissue_overview(slide, options.tissue, pool, threads,
                                               bad_tiles if on_bad_tile == "skip" else None)
-    region = None if roi is None else roi.box_mask(0.0, 0.0, thumb.shape[1], thumb.shape[0], mask_scale)
+    region = None if placed is None else placed.box_mask(0.0, 0.0, thumb.shape[1], thumb.shape[0], mask_scale)
     grid = make_grid(slide.dimensions, (mpp.x, mpp.y),
                      [slide.level_downsample_xy(i) for i in range(slide.level_count)],
                      options.grid, mask.mask, mask_scale, region)
@@ -179,7 +182,8 @@ def _tile_open_slide(slide: Slide, path: Path, slide_id: str, bag_path: Path, fp
             tiling = {"params": params, "read_level": grid.read_level, "reader": reader.source_name,
                       "candidates": grid.candidates, "stride_level0": list(grid.stride_level0),
                       "mask_downsample": list(mask_scale), "level_dimensions": slide.level_dimensions,
-                      "backend": slide.backend, **({"roi": roi_record(roi)} if roi is not None else {})}
+                      "backend": slide.backend, "qupath_origin": list(slide.qupath_origin),
+                      **({"roi": roi_record(roi)} if roi is not None else {})}
             attrs = {"slide_id": slide_id, "slide_path": str(path.resolve()), "slide_fingerprint": fp,
                      "mpp_level0": pair_or_scalar((mpp.x, mpp.y)), "mpp_source": mpp.source,
                      "target_mpp": options.grid.target_mpp, "patch_size": options.grid.patch_size,

@@ -104,9 +104,13 @@ class TiffTileSource:
         except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: the backend's read_region serves
             return None
         try:
-            levels = tif.series[0].levels
             w, h = slide.level_dimensions[level]
-            page = levels[level].pages[0] if len(levels) == slide.level_count else None
+            if slide.tiff_levels:  # the backend knows where each level is (OME-TIFF)
+                series, index = slide.tiff_levels[level]
+                page = tif.series[series].levels[index].pages[0]
+            else:
+                levels = tif.series[0].levels
+                page = levels[level].pages[0] if len(levels) == slide.level_count else None
             if (page is None or not page.is_tiled or page.shape[:2] != (h, w) or page.dtype != np.uint8
                     or page.samplesperpixel not in (3, 4) or page.planarconfig != 1 or page.tiledepth != 1):
                 tif.close()
@@ -271,6 +275,62 @@ class RegionSource:
         """The slide belongs to the caller."""
 
 
+class ChunkSource(RegionSource):
+    """A slide stored in chunks (OME-Zarr): one piece per chunk a patch touches, read whole.
+
+    Each chunk is decoded once, by the reader's worker threads in parallel, and shared by the
+    patches over it, as the tiles of a TIFF are; reads of a whole chunk are the ones the store
+    serves without assembling or cutting."""
+
+    def __init__(self, slide: Slide, level: int, chunk: tuple[int, int]):
+        super().__init__(slide, level)
+        self.cw, self.ch = chunk
+        self.width, self.height = slide.level_dimensions[level]
+        self.name = f"{slide.backend} chunks {self.cw}x{self.ch}"
+
+    @classmethod
+    def open(cls, slide: Slide, level: int) -> ChunkSource | None:
+        chunk = slide.chunk_shape(level)
+        return cls(slide, level, chunk) if chunk else None
+
+    def plan(self, boxes: np.ndarray) -> list[list[Piece]]:
+        """For each level box (x0, y0, x1, y1), the chunks it intersects."""
+        return [[self._chunk(cy, cx) for cy, cx in chunks] for chunks in self._chunks(boxes)]
+
+    def single_use(self, boxes: np.ndarray) -> set[tuple]:
+        """Keys of the chunks that exactly one of ``boxes`` needs."""
+        uses = Counter(("chunk", cy, cx) for chunks in self._chunks(boxes) for cy, cx in chunks)
+        return {key for key, n in uses.items() if n == 1}
+
+    def region(self, x: int, y: int, w: int, h: int, bad: list[dict] | None = None) -> np.ndarray:
+        """The level's pixels in the box (x, y, w, h), assembled chunk by chunk (white outside the
+        level). With a list ``bad``, a chunk that cannot be read is left white and recorded there."""
+        out = np.full((h, w, 3), 255, np.uint8)
+        for piece in self.plan(np.array([[x, y, x + w, y + h]]))[0]:
+            try:
+                pixels = piece.load()
+            except SlideError as exc:
+                if bad is None:
+                    raise
+                bx0, by0, bx1, by1 = piece.box
+                bad.append(self.unreadable(bx0, by0, bx1 - bx0, by1 - by0, exc))
+                continue
+            paste(out, (x, y), piece.box, pixels, (self.width, self.height))
+        return out
+
+    def _chunks(self, boxes: np.ndarray) -> Iterator[list[tuple[int, int]]]:
+        last_x, last_y = (self.width - 1) // self.cw, (self.height - 1) // self.ch
+        for x0, y0, x1, y1 in boxes.tolist():
+            cx0, cx1 = min(max(x0 // self.cw, 0), last_x), min(max((x1 - 1) // self.cw, 0), last_x)
+            cy0, cy1 = min(max(y0 // self.ch, 0), last_y), min(max((y1 - 1) // self.ch, 0), last_y)
+            yield [(cy, cx) for cy in range(cy0, cy1 + 1) for cx in range(cx0, cx1 + 1)]
+
+    def _chunk(self, cy: int, cx: int) -> Piece:
+        x0, y0 = cx * self.cw, cy * self.ch
+        x1, y1 = min(x0 + self.cw, self.width), min(y0 + self.ch, self.height)
+        return Piece(("chunk", cy, cx), (x0, y0, x1, y1), partial(self.slide.read_chunk, self.level, cx, cy))
+
+
 def paste(out: np.ndarray, origin: tuple[int, int], box: tuple[int, int, int, int], data: np.ndarray,
           limit: tuple[int, int]) -> None:
     """Copy the pixels of level ``box`` that ``data`` holds into ``out`` (whose top-left is level
@@ -324,7 +384,8 @@ class StrictJpeg:
 
 
 def open_source(slide: Slide, level: int) -> TiffTileSource | RegionSource:
-    """The fastest source that can read ``level`` of ``slide``."""
-    source = TiffTileSource.open(slide, level) or RegionSource(slide, level)
+    """The fastest source that can read ``level`` of ``slide``: its TIFF tiles, its chunks, or
+    its backend's ``read_region``."""
+    source = TiffTileSource.open(slide, level) or ChunkSource.open(slide, level) or RegionSource(slide, level)
     log.debug("%s: reading level %d through %s", slide.path.name, level, source.name)
     return source

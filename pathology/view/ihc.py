@@ -145,6 +145,7 @@ def roi_outline(root: Path, record: dict, slides_dir: Path | None) -> dict | Non
     shape = read_roi(found)
     if len(shape.polygons) != roi.get("polygons") and roi.get("classes"):
         shape = read_roi(found, roi["classes"])      # scored with --roi-class: the polygons of those classes
+    shape = shape.translated(*(record.get("qupath_origin") or (0, 0)))  # QuPath's frame → level 0
     rings = [ring for p in shape.polygons for ring in (p.exterior, *p.holes)]
     return {"name": found.name, "colour": _hex(ROI_COLOUR),
             "rings": [[[round(float(x), 1), round(float(y), 1)] for x, y in ring] for ring in rings]}

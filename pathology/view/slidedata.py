@@ -21,7 +21,7 @@ from ..heatmap import attention_file, read_bag
 from ..heatmap.geojson import tissue_features
 from ..heatmap.slides import locate_slide, open_bag_slide
 from ..heatmap.sources import BagView
-from ..slide import Slide, SlideError, open_slide
+from ..slide import Slide, SlideError, open_slide, slide_exists
 from . import ihc
 from .catalog import Catalog, Entry
 from .deepzoom import DeepZoom
@@ -143,7 +143,7 @@ def _open(bag: BagView | None, record: dict | None, slides_dir: Path | None, not
             return open_bag_slide(bag, locate_slide(bag, slides_dir), "zooming in")
         recorded = Path(str(record.get("slide_path", "")))
         path = slides_dir / recorded.name if slides_dir is not None else recorded
-        if not recorded.name or not path.is_file():
+        if not recorded.name or not slide_exists(path):
             raise SlideError(path, "the slide is not there; pass --slides DIR with the slide files")
         changed = slide_changed(record["slide_fingerprint"], path, copy=True) if record.get("slide_fingerprint") \
             else None
