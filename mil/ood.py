@@ -12,11 +12,14 @@ Lee et al. (NeurIPS 2018); on slide-mean embeddings it costs one D x D product p
 
 The threshold comes from the training folds: for each cross-validation fold the reference is
 fitted on the slides outside its test set and the test slides' distances are measured, so
-each training slide gets one held-out distance. The threshold is the k-th smallest of these n
-distances, k = ceil((n + 1)(1 - alpha)) (capped at n): by the split-conformal argument a new
-slide drawn like the training slides exceeds it with probability at most 1 - k / (n + 1)
-(the ``bound``), and ``false_flag_rate`` is the share of the n held-out training slides above
-it. The reference a new slide is measured against is fitted on every training slide.
+each training slide gets one held-out distance, as if it were new. Their logarithms are
+modelled as normal, fitted robustly (median and 1.4826 x the median absolute deviation), so
+that one odd training slide does not move the threshold: the threshold is the distance at the
+fitted (1 - alpha) quantile, exp(median + z_(1-alpha) x spread). ``false_flag_rate`` is the
+share of the n held-out training slides above it, the number the model card states. (With
+a few dozen slides, an order-statistic threshold, e.g. split-conformal, is the largest
+held-out distance, which one unusual training slide can make arbitrarily large.) The
+reference a new slide is measured against is fitted on every training slide.
 
 Arrays live in ``ood.safetensors`` in the run folder; ``config.json`` keeps the thresholds and
 the held-out distances (:class:`OodRecord`).
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from scipy.stats import norm
 from sklearn.covariance import LedoitWolf
 
 from pathology.errors import UserError
@@ -45,9 +48,10 @@ log = logging.getLogger(__name__)
 
 OOD_FILE = "ood.safetensors"
 METHOD = "mahalanobis, Ledoit-Wolf shrinkage, standardized features"
-ALPHA = 0.05
+ALPHA = 0.01
 EMBEDDING, STAIN = "embedding", "stain"
 MIN_SD = 1e-6
+MAD_TO_SD = 1.4826                     # sd of a normal distribution per median absolute deviation
 
 
 class OodError(UserError):
@@ -60,10 +64,10 @@ class Threshold:
 
     vector: str                        # what is compared: "embedding" (mean patch features) or "stain"
     threshold: float
-    alpha: float
-    k: int
+    alpha: float                       # the fitted share of in-distribution slides above the threshold
     n: int
-    bound: float                       # P(a new in-distribution slide is flagged) <= bound
+    center: float                      # median of the log held-out distances
+    spread: float                      # their robust sd (1.4826 x MAD)
     false_flag_rate: float             # share of the training slides' held-out distances above the threshold
     held_out: tuple[float, ...]        # each training slide's held-out distance, in manifest order
 
@@ -101,15 +105,15 @@ class Reference:
         return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", z, self.precision, z), 0.0))
 
 
-def conformal_threshold(held_out: np.ndarray, alpha: float, vector: str) -> Threshold:
+def robust_threshold(held_out: np.ndarray, alpha: float, vector: str) -> Threshold:
     """The threshold of the module docstring from the n held-out distances."""
-    d = np.sort(np.asarray(held_out, np.float64))
-    n = len(d)
-    k = min(n, math.ceil((n + 1) * (1 - alpha)))
-    threshold = float(d[k - 1])
-    return Threshold(vector=vector, threshold=threshold, alpha=alpha, k=k, n=n, bound=1 - k / (n + 1),
-                     false_flag_rate=float(np.mean(np.asarray(held_out) > threshold)),
-                     held_out=tuple(map(float, held_out)))
+    d = np.asarray(held_out, np.float64)
+    logs = np.log(np.maximum(d, 1e-12))
+    center = float(np.median(logs))
+    spread = float(MAD_TO_SD * np.median(np.abs(logs - center))) or float(logs.std())
+    threshold = float(np.exp(center + norm.ppf(1 - alpha) * spread))
+    return Threshold(vector=vector, threshold=threshold, alpha=alpha, n=len(d), center=center, spread=spread,
+                     false_flag_rate=float(np.mean(d > threshold)), held_out=tuple(map(float, d)))
 
 
 def held_out_distances(vectors: np.ndarray, test_sets: Sequence[np.ndarray]) -> np.ndarray:
@@ -156,7 +160,7 @@ def fit_ood(embeddings: np.ndarray, paths: Sequence[Path], test_sets: Sequence[n
     if all(s is not None for s in stains) and len({len(s) for s in stains}) == 1:
         vectors[STAIN] = np.stack(stains)
     for name, v in vectors.items():
-        thresholds[name] = conformal_threshold(held_out_distances(v, test_sets), alpha, name)
+        thresholds[name] = robust_threshold(held_out_distances(v, test_sets), alpha, name)
         ref = Reference.fit(v)
         arrays.update({f"{name}/mean": ref.mean, f"{name}/scale": ref.scale, f"{name}/precision": ref.precision})
     with publishing(out_dir / OOD_FILE) as tmp:

@@ -101,7 +101,7 @@ class TrainConfig:
     threads: int | None = None                    # torch CPU threads per fold (None: all cores); fixed for
                                                   # identical results between sequential and parallel folds
     calibration: str = "none"                     # "temperature": scale each fold's logits (mil.calibration)
-    ood_alpha: float = OOD_ALPHA                  # out-of-distribution flags: the conformal level (mil.ood)
+    ood_alpha: float = OOD_ALPHA                  # out-of-distribution flags: share of like slides flagged (mil.ood)
     cohort_name: str | None = None                # provenance (mil.provenance); None: the manifest's folder
     synthetic: bool | None = None                 # None: synthetic when a synth-cohort cohort.json is beside it
     intended_use: str = ""

@@ -43,7 +43,7 @@ def trust_records(cohort, config: TrainConfig, paths: Sequence[Path], embeddings
     record = None if config.calibration == "none" else CalibrationRecord(
         method=config.calibration,
         temperatures={f"{task}/fold_{k}": t for task, per_fold in temperatures.items() for k, t in per_fold.items()})
-    thresholds = {name: {k: getattr(t, k) for k in ("threshold", "alpha", "k", "n", "bound", "false_flag_rate")}
+    thresholds = {name: {k: getattr(t, k) for k in ("threshold", "alpha", "n", "center", "spread", "false_flag_rate")}
                   for name in ("embedding", "stain") if (t := getattr(ood, name)) is not None}
     metrics = {"calibration": calibration, "ood": {"method": ood.method, **thresholds}}
     return {"provenance": provenance, "ood": ood, "calibration": record}, metrics
@@ -60,5 +60,5 @@ def trust_lines(metrics: dict) -> list[str]:
         if isinstance(t, dict):
             lines.append(f"out-of-distribution ({name}): threshold {t['threshold']:.3g}; "
                          f"{t['false_flag_rate']:.0%} of {t['n']} held-out training slides above it "
-                         f"(≤ {t['bound']:.0%} expected)")
+                         f"({t['alpha']:.0%} expected)")
     return lines

@@ -85,9 +85,9 @@ def train_command(
                                                    "is beside the manifest); a synthetic model's results say "
                                                    "so.")] = None,
     intended_use: Annotated[str, typer.Option(help="What the model is for, on its model card.")] = "",
-    ood_alpha: Annotated[float, typer.Option(min=0.001, max=0.5, help="Out-of-distribution threshold level: at "
-                                                                     "most this share of slides like the training "
-                                                                     "ones is flagged.")] = DEFAULTS.ood_alpha,
+    ood_alpha: Annotated[float, typer.Option(min=0.001, max=0.5, help="Out-of-distribution threshold: the share "
+                                                                     "of slides like the training ones expected to "
+                                                                     "be flagged.")] = DEFAULTS.ood_alpha,
     old_model: Annotated[Arch | None, typer.Option("--model", hidden=True, help="Renamed --arch "
                                                                                 "(--model is a run folder).")] = None,
     verbose: Verbose = False,

@@ -71,7 +71,7 @@ def ood_lines(record: OodRecord | None) -> list[str]:
         if t is not None:
             lines.append(f"{what}: distance > {_num(t.threshold, 2)} flags a slide; "
                          f"{_num(100 * t.false_flag_rate, 0)}% of the {t.n} training slides held out by the "
-                         f"folds were flagged (expected ≤ {_num(100 * t.bound, 0)}% for slides like them)")
+                         f"folds were flagged ({_num(100 * t.alpha, 0)}% expected for slides like them)")
     return lines
 
 

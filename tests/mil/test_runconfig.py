@@ -94,7 +94,7 @@ def test_the_legacy_run_loads_as_an_upgraded_config():
     # written back, the upgraded config is the file plus its schema and the fields added since 0.1.0
     # at their defaults: no key lost or renamed
     legacy = legacy_json()
-    added_since = {"threads": None, "calibration": "none", "ood_alpha": 0.05, "cohort_name": None, "synthetic": None,
+    added_since = {"threads": None, "calibration": "none", "ood_alpha": 0.01, "cohort_name": None, "synthetic": None,
                    "intended_use": ""}
     records_since = {"provenance": None, "ood": None, "calibration": None}   # the model card's (issue 19)
     assert config.provenance is None and config.ood is None and config.calibration is None

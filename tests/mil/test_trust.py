@@ -17,7 +17,7 @@ from mil.calibration import T_MIN, fit_temperature, reliability, uncalibrated
 from mil.data import read_features
 from mil.manifest import load_manifest
 from mil.models import Head, create_model
-from mil.ood import Reference, conformal_threshold, held_out_distances, slide_distances
+from mil.ood import Reference, held_out_distances, robust_threshold, slide_distances
 from mil.predict import load_run, predict_bag
 from mil.provenance import SYNTHETIC_WARNING
 from mil.runconfig import RunConfig
@@ -60,28 +60,30 @@ def test_a_separable_validation_split_does_not_make_the_model_certain():
 # ---------------------------------------------------------------- out of distribution
 
 
-def test_conformal_threshold_counts():
-    """k = ceil((n + 1)(1 - alpha)): n = 19 gives the largest of 19 (bound 1/20); n = 48 the 47th,
-    so one of the 48 held-out distances lies above it."""
-    t = conformal_threshold(np.arange(19.0)[::-1], 0.05, "embedding")
-    assert (t.k, t.threshold, t.false_flag_rate) == (19, 18.0, 0.0) and t.bound == pytest.approx(1 / 20)
-    t = conformal_threshold(np.arange(48.0), 0.05, "embedding")
-    assert (t.k, t.threshold) == (47, 46.0)
-    assert t.false_flag_rate == pytest.approx(1 / 48) and t.bound == pytest.approx(1 - 47 / 49)
+def test_robust_threshold_by_hand_and_deaf_to_one_odd_slide():
+    """log distances 0, 0, 0, 1, -1, 10: median 0, MAD 0.5, spread 1.4826 x 0.5; at alpha 0.01 the
+    threshold is exp(2.3263 x 0.7413) = 5.61 (z from the normal table). The odd slide (log 10) is
+    the one false flag, and making it odder moves nothing."""
+    logs = np.array([0.0, 0.0, 0.0, 1.0, -1.0, 10.0])
+    t = robust_threshold(np.exp(logs), 0.01, "embedding")
+    assert t.center == 0.0 and t.spread == pytest.approx(0.7413)
+    assert t.threshold == pytest.approx(np.exp(2.3263 * 0.7413), rel=1e-4)
+    assert t.false_flag_rate == pytest.approx(1 / 6) and t.n == 6
+    assert robust_threshold(np.exp(np.r_[logs[:-1], 100.0]), 0.01, "embedding").threshold == t.threshold
 
 
 def test_threshold_flags_few_like_slides_and_every_shifted_one():
     """Slide vectors from one correlated Gaussian (D = 12, 60 training slides, 5 folds): new draws
-    from it are flagged at about the stated bound, draws shifted by 3 sd are all flagged."""
+    from it are flagged at about the chosen rate, draws shifted by 3 sd are all flagged."""
     rng = np.random.default_rng(1)
     mix = rng.normal(0, 1, (12, 12))
     train = rng.normal(0, 1, (60, 12)) @ mix
     folds = np.array_split(rng.permutation(60), 5)
-    t = conformal_threshold(held_out_distances(train, folds), 0.1, "embedding")
+    t = robust_threshold(held_out_distances(train, folds), 0.05, "embedding")
     ref = Reference.fit(train)
     like = rng.normal(0, 1, (2000, 12)) @ mix
     flagged = np.mean(ref.distance(like) > t.threshold)
-    assert flagged <= t.bound + 0.05, (flagged, t.bound)     # bound 0.098 here; sampling error of 2000 draws ~0.007
+    assert flagged <= 0.1, flagged        # 0.05 chosen; the log-normal fit and 60 slides make it approximate
     shifted = like[:200] + 3 * train.std(0)
     assert np.all(ref.distance(shifted) > t.threshold)
 
@@ -157,7 +159,7 @@ def test_ood_threshold_is_stated_and_separates_new_slides(trained, tmp_path):
     assert len(t.held_out) == 24 and t.n == 24
     # the false-flag rate stated in metrics.json is the share of held-out training slides above the threshold
     assert metrics["ood"]["embedding"]["false_flag_rate"] == pytest.approx(np.mean(np.array(t.held_out) > t.threshold))
-    assert metrics["ood"]["embedding"]["bound"] == pytest.approx(1 / 25)    # k = n = 24: the largest distance
+    assert metrics["ood"]["embedding"]["alpha"] == 0.01                      # the default
     # a new slide drawn as write_cohort draws them (a patient with z = 0.5) is not flagged; one whose
     # features are shifted by 2 (in sd units of the instances) in every dimension is
     rng = np.random.default_rng(123)
