@@ -19,7 +19,7 @@ from mil.manifest import load_manifest
 from mil.models import Head, create_model
 from mil.ood import Reference, held_out_distances, robust_threshold, slide_distances
 from mil.predict import load_run, predict_bag
-from mil.provenance import SYNTHETIC_WARNING
+from mil.provenance import SYNTHETIC_WARNING, record_provenance
 from mil.runconfig import RunConfig
 from mil.train import TrainConfig, train_cross_validation
 from tests.factories import DIM, write_bag, write_cohort
@@ -170,3 +170,18 @@ def test_ood_threshold_is_stated_and_separates_new_slides(trained, tmp_path):
     (d_like,) = slide_distances(root / "run", config.ood, like, None)
     (d_far,) = slide_distances(root / "run", config.ood, far, None)
     assert not d_like.flagged and d_far.flagged, (d_like, d_far)
+
+
+def test_provenance_is_what_the_trainer_declares(tmp_path):
+    """--real overrides a synth-cohort marker (with a warning), a named cohort keeps its name, and
+    a task counts only the slides and patients with a known label."""
+    manifest = write_cohort(tmp_path, n_patients=10, slides_per_patient=2, missing={"pr": 0.3})
+    (tmp_path / "cohort.json").write_text(json.dumps({"schema": "pathology-synth-cohort/1"}))
+    cohort = load_manifest(manifest, targets=["er", "pr"], bags_dir=tmp_path / "bags")
+    paths = [tmp_path / "bags" / f"{s}.h5" for s in cohort.table["slide_id"]]
+    p = record_provenance(cohort, paths, name="lab A 2026", synthetic=False, intended_use="")
+    assert (p.cohort, p.synthetic, p.synthetic_source, p.warning) == ("lab A 2026", False, "--real", "")
+    assert (p.n_slides, p.n_patients) == (20, 10)
+    assert (p.tasks["er"].slides, p.tasks["er"].patients) == (20, 10)
+    assert (p.tasks["pr"].slides, p.tasks["pr"].patients) == (14, 7)          # 3 of 10 patients blanked
+    assert record_provenance(cohort, paths, name=None, synthetic=None, intended_use="").synthetic
