@@ -33,6 +33,7 @@ from pathology.inputs import SlideInput
 from pathology.publish import publishing
 from pathology.table import read_table
 
+from .calibration import calibrated
 from .data import BAG_SUFFIXES, CLAM_SUBDIRS, BagError, find_bag, read_features
 from .manifest import Cohort, load_manifest
 from .models import Head, MILModel, create_model
@@ -101,7 +102,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
         except Exception as exc:  # noqa: BLE001 - any failure means these weights do not fit this config
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise RunError(f"{path}: weights do not match config.json's model ({first})") from None
-        models.append(model.to(target).eval())
+        models.append(calibrated(model, config.calibration, fold.fold).to(target).eval())
     log.info("%s: %s, %d fold model(s), tasks %s, features %s (dim %d)", run_dir, spec.name, len(models),
              ", ".join(config.kinds), config.features, config.in_dim)
     return Run(run_dir, config, models, target)

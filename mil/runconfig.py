@@ -11,8 +11,9 @@ and the field (``config.json: field 'heads[0].n_outputs' is missing``). A file w
 is read as 0.1.0's format and upgraded in memory (:data:`UPGRADES`); one with a newer schema is
 refused in one line. Every key of a ``mil-run/1`` file is required (``null`` where the type
 allows it), except the training options with a default (:class:`TrainConfig`), so a run written
-before an option existed reads with the option's default, and the bag attributes, which hold
-what the first training bag had. Unknown keys are ignored.
+before an option existed reads with the option's default, the bag attributes, which hold
+what the first training bag had, and the model card's records added later (``provenance``,
+``ood``, ``calibration``: null in older runs). Unknown keys are ignored.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from pathology.errors import InputError, UserError
 from pathology.publish import publish_json
 
 from . import metrics as M
+from .calibration import METHODS as CALIBRATIONS
+from .calibration import CalibrationRecord
+from .ood import ALPHA as OOD_ALPHA
+from .ood import OodRecord
+from .provenance import Provenance
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,11 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
     threads: int | None = None                    # torch CPU threads per fold (None: all cores); fixed for
                                                   # identical results between sequential and parallel folds
+    calibration: str = "none"                     # "temperature": scale each fold's logits (mil.calibration)
+    ood_alpha: float = OOD_ALPHA                  # out-of-distribution flags: share of like slides flagged (mil.ood)
+    cohort_name: str | None = None                # provenance (mil.provenance); None: the manifest's folder
+    synthetic: bool | None = None                 # None: synthetic when a synth-cohort cohort.json is beside it
+    intended_use: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
@@ -107,6 +118,10 @@ class TrainConfig:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.val_fraction < 1:
             raise InputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.calibration not in CALIBRATIONS:
+            raise InputError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
+        if not 0 < self.ood_alpha < 1:
+            raise InputError(f"ood_alpha must be in (0, 1), got {self.ood_alpha}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,6 +257,9 @@ class RunConfig:
     manifest: ManifestRecord | None
     folds: tuple[FoldSpec, ...]
     bag_settings: BagSettings | None
+    provenance: Provenance | None = None          # the model card's facts (mil.provenance)
+    ood: OodRecord | None = None                  # out-of-distribution references (mil.ood)
+    calibration: CalibrationRecord | None = None  # temperature scaling (mil.calibration)
 
     def __post_init__(self) -> None:
         _require(self.schema == SCHEMA, "schema", f"must be {SCHEMA!r}, not {self.schema!r}")

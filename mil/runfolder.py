@@ -166,7 +166,8 @@ def remove_run(out_dir: Path) -> bool:
     or plots behind; anything else in the folder stays. Returns whether there was one."""
     files = [out_dir / "metrics.json", out_dir / "config.json", out_dir / "predictions.csv",
              *sorted(out_dir.glob("fold_*/model.safetensors")), *sorted(out_dir.glob("roc_*.png")),
-             *sorted(out_dir.glob("km_*.png"))]
+             *sorted(out_dir.glob("km_*.png")), *sorted(out_dir.glob("reliability_*.png")),
+             out_dir / "ood.safetensors"]
     found = [f for f in files if f.is_file()]
     for f in found:
         f.unlink()

@@ -11,7 +11,8 @@ same metrics (seeded torch, deterministic algorithms, seeded bag order and subsa
 
 Run folder (docs/architecture.md, "Run folders"; written by :mod:`.runfolder`): ``config.json`` (schema
 ``mil-run/1``, :mod:`.runconfig`, which also holds :class:`TrainConfig`), ``metrics.json``,
-``predictions.csv``, ``fold_<k>/model.safetensors``, ``roc_<task>.png``, ``km_<task>.png``.
+``predictions.csv``, ``fold_<k>/model.safetensors``, ``roc_<task>.png``, ``km_<task>.png``, and what
+judges the calls (:mod:`.trust`): ``ood.safetensors``, ``reliability_<task>.png``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathology.errors import InputError
 from pathology.executors.ray_cluster import RayExecutor
 
 from . import metrics as M
+from .calibration import fold_temperatures, scaled
 from .data import BagDataset
 from .losses import binary_loss, cox_loss, nll_survival_loss, risk_from_hazards, survival_bins, time_to_bin
 from .models import Head, MILModel, create_model
@@ -48,6 +50,7 @@ from .runfolder import (
     write_plots,
 )
 from .splits import Fold, make_folds
+from .trust import trust_records
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +350,10 @@ def fit_fold(cohort, config: TrainConfig, fold: Fold, heads: list[Head], moments
                                               fold_normalization(moments, fold.train))
         save_weights(model, out_dir / f"fold_{fold.index}" / "model.safetensors", config, fold.index)
         logits, _ = forward_rows(model, dataset, fold.test, device)
+        if config.calibration == "temperature":  # fitted on the inner validation slides, applied to the test ones
+            temperatures = fold_temperatures(*forward_rows(model, dataset, fold.val, device),
+                                             {t.name: t.kind for t in cohort.tasks}, fold.index)
+            logits, record["temperature"] = [scaled(lg, temperatures) for lg in logits], temperatures
     rows = prediction_rows(cohort, fold.test, logits, config, fold.index)
     cuts = {f"{name}/fold_{fold.index}": e[1:-1].tolist() for name, e in objective.edges.items()}
     return FoldResult(rows, record, cuts)
@@ -392,8 +399,12 @@ def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
     records, rows, cuts = [r.record for r in results], [row for r in results for row in r.rows], {}
     for r in results:
         cuts.update(r.cuts)
-    run_config(cohort, config, dataset, heads, folds, cuts).write(out_dir / CONFIG_NAME)
+    run = run_config(cohort, config, dataset, heads, folds, cuts)
     predictions = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    sums, _, counts = moments   # each bag's mean embedding, for the out-of-distribution reference
+    trust, trust_metrics = trust_records(cohort, config, dataset.paths, sums / counts[:, None], folds, records,
+                                         predictions, out_dir)
+    replace(run, **trust).write(out_dir / CONFIG_NAME)
     write_csv(predictions, out_dir / "predictions.csv")
     tasks_metrics = evaluate_predictions(predictions, kinds, n_boot=config.n_bootstrap, seed=config.seed,
                                          threshold=config.threshold)
@@ -401,7 +412,7 @@ def train_cross_validation(cohort, config: TrainConfig, out_dir: str | Path,
     result = {"model": config.model, "n_folds": len(folds), "n_slides": len(cohort.table),
               "n_patients": int(np.unique(cohort.patients()).size), "tasks": tasks_metrics,
               "bootstrap": {"n": config.n_bootstrap, "seed": config.seed, "unit": "patient", "level": 0.95},
-              "training": records}
+              "training": records, **trust_metrics}
     result = M.json_safe(result)
     write_json(out_dir / "metrics.json", result)  # last: its presence means the run is complete
     return result

@@ -23,13 +23,16 @@ from pathology.cli.common import (
 )
 from pathology.errors import InputError
 
+from ..calibration import METHODS as CALIBRATIONS
 from ..console import RichProgress, metrics_table
 from ..manifest import load_manifest
 from ..models import MODELS
 from ..train import SURVIVAL_LOSSES, RayFolds, TrainConfig, train_cross_validation
+from ..trust import trust_lines
 from .options import Clinical, Survival, Targets, split_survival, split_targets
 
 Arch = Enum("Arch", {n: n for n in sorted(MODELS)}, type=str)
+Calibration = Enum("Calibration", {n: n for n in CALIBRATIONS}, type=str)
 SurvivalLoss = Enum("SurvivalLoss", {n: n for n in SURVIVAL_LOSSES}, type=str)
 DEFAULTS = TrainConfig()
 
@@ -72,6 +75,19 @@ def train_command(
     = 1.0,
     gpus_per_fold: Annotated[float, typer.Option(min=0.0, help="Ray: GPUs per fold task (fractions share a "
                                                                "GPU).")] = 0.0,
+    calibration: Annotated[Calibration, typer.Option(help="temperature: fit a temperature per task and fold on the "
+                                                          "inner validation slides; applied at prediction.")]
+    = Calibration[DEFAULTS.calibration],
+    cohort_name: Annotated[str | None, typer.Option(help="The cohort's name on the model card (default: the "
+                                                         "manifest's folder).")] = None,
+    synthetic: Annotated[bool | None, typer.Option("--synthetic/--real", help="Whether the slides are synthetic "
+                                                   "(default: synthetic when pathology synth-cohort's cohort.json "
+                                                   "is beside the manifest); a synthetic model's results say "
+                                                   "so.")] = None,
+    intended_use: Annotated[str, typer.Option(help="What the model is for, on its model card.")] = "",
+    ood_alpha: Annotated[float, typer.Option(min=0.001, max=0.5, help="Out-of-distribution threshold: the share "
+                                                                     "of slides like the training ones expected to "
+                                                                     "be flagged.")] = DEFAULTS.ood_alpha,
     old_model: Annotated[Arch | None, typer.Option("--model", hidden=True, help="Renamed --arch "
                                                                                 "(--model is a run folder).")] = None,
     verbose: Verbose = False,
@@ -86,7 +102,9 @@ def train_command(
                              epochs=epochs, lr=lr, weight_decay=weight_decay, dropout=dropout, hidden=hidden,
                              batch_size=batch_size, patience=patience, max_instances=max_instances,
                              in_memory=in_memory, features=features, device=device,
-                             survival_loss=survival_loss.value, n_bootstrap=bootstrap, threads=threads)
+                             survival_loss=survival_loss.value, n_bootstrap=bootstrap, threads=threads,
+                             calibration=calibration.value, cohort_name=cohort_name, synthetic=synthetic,
+                             intended_use=intended_use, ood_alpha=ood_alpha)
         ray_folds = None if executor.value == "local" else RayFolds(address, cpus_per_fold, gpus_per_fold)
         if not targets and surv is None:
             raise InputError("nothing to train: give at least one --target or --survival")
@@ -98,4 +116,6 @@ def train_command(
             result = train_cross_validation(cohort, config, out, progress, ray_folds=ray_folds)
     Console().print(metrics_table(result["tasks"], title=f"{arch.value}, {result['n_folds']} folds, "
                                                          f"{result['n_patients']} patients"))
+    for line in trust_lines(result):
+        console.print(line, highlight=False)
     console.print(f"run written to {out}")

@@ -18,9 +18,11 @@ from ..embed.stage import EncoderChoice
 from ..heatmap import NORMALIZERS, HeatmapOptions
 from ..inputs import expand_inputs, parse_shard, take_shard
 from ..roi import roi_source
+from ..run.card import card_html, model_line
 from ..run.pipeline import PredictOptions, results_rows, run_stages, slide_reports, write_results
 from ..run.report import write_report
 from ..run.settings import check_encoder, encoder_settings, tile_options
+from ..run.trust import attach, trust_columns, trust_summary
 from .common import (
     Address,
     CpusPerSlide,
@@ -114,10 +116,14 @@ def run_command(
     outcomes = run_batch(slides, stages, executor=engine, unit="patches", console=console,
                          status=status_path(out, shard_spec), clean=[out, *([stage_dir] if stage_dir else [])])
     reports = slide_reports(outcomes, run, out)
-    write_results(out / "results.csv", *results_rows(reports, outcomes, run))
+    attach(reports, outcomes)
+    write_results(out / "results.csv", *trust_columns(*results_rows(reports, outcomes, run), outcomes))
     report = write_report(reports, out, title=f"pathology run · {model.name}", model=str(model.resolve()),
                           notes=["Scores are model outputs for research use, not a diagnosis. Heatmaps show "
-                                 "where the model looked (attention), not where the disease is."])
+                                 "where the model looked (attention), not where the disease is."], card=card_html(run))
     Console().print(summary_table(outcomes))
+    console.print(f"model: {model_line(run)}", highlight=False)
+    for line in trust_summary(reports):
+        console.print(f"[bold red]warning:[/] {line}", highlight=False)
     console.print(f"results: {out / 'results.csv'} · report: {report}")
     exit_if_failed(outcomes)

@@ -34,6 +34,7 @@ from ..heatmap import HeatmapOptions, attention_file, heatmap_job
 from ..heatmap.files import safe_name
 from ..inputs import SlideInput
 from ..publish import publish_json
+from ..run.card import card_html
 from ..run.report import SlideReport, TaskResult, write_report
 from ..synth.cohort import SIZES, make_cohort
 from ..tiling.pipeline import TileOptions, tile_job
@@ -45,6 +46,8 @@ TARGETS = ("tumor", "er", "pr", "her2")
 SURVIVAL = ("os_time", "os_event")
 ENCODER = "stain-texture"
 TOP_K = 5            # top-attention patches per tumour slide scored against the tumour mask
+COHORT_NAME = "pathology demo: synthetic breast-cancer cohort"
+INTENDED_USE = "trying the software on synthetic slides; not for tissue"
 
 
 class DemoError(RuntimeError):
@@ -115,7 +118,8 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     cohort = load_manifest(info.manifest_path, targets=TARGETS, survival=SURVIVAL, bags_dir=bags_dir)
     config = TrainConfig(model=options.model, targets=TARGETS, survival=SURVIVAL, folds=options.folds,
                          seed=options.seed, epochs=options.epochs, lr=options.lr, patience=10, in_memory=True,
-                         survival_loss="cox")
+                         survival_loss="cox", calibration="temperature", synthetic=True, cohort_name=COHORT_NAME,
+                         intended_use=INTENDED_USE)
     with RichProgress(console) as progress:
         metrics = train_cross_validation(cohort, config, out / "run", progress)
     done("4 train")
@@ -174,9 +178,10 @@ def demo_report(out: Path, run: Run, cohort, scores: dict[str, dict[str, float]]
             ci = m.get("ci95") or [None, None]
             rows.append((task, name, _fmt(m.get("mean")), _fmt(m.get("pooled")),
                          f"{_fmt(ci[0])}–{_fmt(ci[1])}"))
-    figures = sorted((out / "run").glob("roc_*.png")) + sorted((out / "run").glob("km_*.png"))
+    figures = [*sorted((out / "run").glob("roc_*.png")), *sorted((out / "run").glob("km_*.png")),
+               *sorted((out / "run").glob("reliability_*.png"))]
     return write_report(reports, out, title="pathology demo · synthetic cohort", model=str((out / "run").resolve()),
-                        metrics=rows, figures=figures,
+                        metrics=rows, figures=figures, card=card_html(run),
                         notes=[f"Out-of-fold predictions of {run.config.model.name} "
                                f"({len(run.models)}-fold patient-level cross-validation); each slide's scores and "
                                "heatmaps come from the fold model that did not train on it.",

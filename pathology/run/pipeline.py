@@ -39,6 +39,7 @@ from ..roi import RoiSource
 from ..tiling.pipeline import TileOptions
 from ..tiling.stage import tile_stage
 from .report import SlideReport, TaskResult
+from .trust import NOT_RELIABLE, assess_slide
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ def predict_slide(slide: SlideInput, advance: Callable[[int], None], *, options:
                   options.heatmap)
     calls = ", ".join(f"{t.task} {t.call if t.kind == 'binary' else 'risk'} {t.score:.2f}"
                       for t in task_results(run, sid, scores, options.out))
-    return Outcome(sid, "done", n, time.perf_counter() - t0, calls, data={"scores": scores})
+    trust = assess_slide(run, bag)
+    calls += "" if trust.reliable else f" ({NOT_RELIABLE})"
+    return Outcome(sid, "done", n, time.perf_counter() - t0, calls, data={"scores": scores, "trust": trust.to_data()})
 
 
 def run_stages(options: PredictOptions, tiling: TileOptions, encoder: EncoderChoice, embed: EmbedOptions,

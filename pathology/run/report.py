@@ -34,6 +34,7 @@ figure{margin:0;max-width:420px} figure img{max-width:420px;max-height:420px;bor
 figcaption{font-size:13px;color:#444;margin-top:4px}
 .pos{color:#b00020;font-weight:600} .neg{color:#1b5e20;font-weight:600} .failed{color:#b00020}
 .note{font-size:12px;color:#777;margin-top:20px}
+.warn{color:#8a1c14;font-size:13px} .unreliable{text-decoration:line-through;color:#888;font-weight:400}
 .viewer-link{display:none;font-size:13px;font-weight:400;margin-left:8px} body.viewer-on .viewer-link{display:inline}
 body.viewer-on .viewer-hint{display:none}
 """
@@ -69,6 +70,8 @@ class SlideReport:
     message: str = ""
     thumbnail: Path | None = None
     tasks: list[TaskResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # pathology.run.trust: shown on every result
+    reliable: bool = True
 
 
 def _img(path: Path | None, out_dir: Path, caption: str) -> str:
@@ -84,11 +87,13 @@ def _viewer_link(slide_id: str, text: str) -> str:
     return f'<a class="viewer-link" href="view/{html.escape(quote(slide_id, safe=""))}">{text}</a>'
 
 
-def _call_html(t: TaskResult) -> str:
+def _call_html(t: TaskResult, reliable: bool = True) -> str:
     if t.kind != "binary":
-        return f"risk {t.score:.3f}"
-    css = "pos" if t.call == "positive" else "neg"
-    return f'<span class="{css}">{t.call}</span> ({t.score:.3f}, cut-off {t.threshold:g})'
+        text = f"risk {t.score:.3f}"
+    else:
+        css = "pos" if t.call == "positive" else "neg"
+        text = f'<span class="{css}">{t.call}</span> ({t.score:.3f}, cut-off {t.threshold:g})'
+    return text if reliable else f'<span class="unreliable">{text}</span> <span class="warn">not reliable</span>'
 
 
 def _metrics_html(rows: Sequence[Sequence[str]], figures: Sequence[Path], out_dir: Path) -> str:
@@ -104,24 +109,29 @@ def _metrics_html(rows: Sequence[Sequence[str]], figures: Sequence[Path], out_di
 
 def render_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, model: str,
                   notes: Sequence[str] = (), metrics: Sequence[Sequence[str]] = (),
-                  figures: Sequence[Path] = ()) -> str:
+                  figures: Sequence[Path] = (), card: str = "") -> str:
     """The HTML text of the report (pictures referenced relative to ``out_dir``); ``metrics``
-    rows and ``figures`` (ROC, Kaplan-Meier) head the page when given."""
+    rows and ``figures`` (ROC, Kaplan-Meier) head the page when given, below the model ``card`` (HTML,
+    :mod:`.card`). A slide's ``warnings`` appear on its row and card; an unreliable slide's calls are
+    struck through and marked "not reliable"."""
     tasks = list(dict.fromkeys(t.task for s in slides for t in s.tasks))
-    head = "".join(f"<th>{html.escape(t)}</th>" for t in tasks)
+    any_warning = any(s.warnings for s in slides)
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in tasks) + ("<th>warning</th>" if any_warning else "")
     rows, cards = [], []
     for s in slides:
         by_task = {t.task: t for t in s.tasks}
-        cells = "".join(f"<td>{_call_html(by_task[t]) if t in by_task else ''}</td>" for t in tasks)
+        cells = "".join(f"<td>{_call_html(by_task[t], s.reliable) if t in by_task else ''}</td>" for t in tasks)
+        warn = f'<td class="warn">{"<br>".join(map(html.escape, s.warnings))}</td>' if any_warning else ""
         status = f'<span class="failed">failed: {html.escape(s.message)}</span>' if s.status == "failed" else s.status
         zoom = _viewer_link(s.slide_id, "zoom") if s.status != "failed" else ""
         rows.append(f'<tr><td><a href="#{html.escape(s.slide_id)}">{html.escape(s.slide_id)}</a>{zoom}</td>'
-                    f"<td>{status}</td><td>{s.patches}</td>{cells}</tr>")
+                    f"<td>{status}</td><td>{s.patches}</td>{cells}{warn}</tr>")
         if s.status == "failed":
             continue
         pictures = [_img(s.thumbnail, out_dir, "thumbnail, tissue and patch grid")]
         pictures += [_img(t.heatmap, out_dir, f"{t.task}: attention") for t in s.tasks]
-        calls = "; ".join(f"{html.escape(t.task)}: {_call_html(t)}" for t in s.tasks)
+        calls = "; ".join(f"{html.escape(t.task)}: {_call_html(t, s.reliable)}" for t in s.tasks)
+        calls += "".join(f'<br><span class="warn">⚠ {html.escape(w)}</span>' for w in s.warnings)
         cards.append(f'<div class="card" id="{html.escape(s.slide_id)}"><h2>{html.escape(s.slide_id)}'
                      f'{_viewer_link(s.slide_id, "open zoomable, with overlays")}</h2>'
                      f'<p>{calls}</p><div class="row">{"".join(pictures)}</div></div>')
@@ -133,7 +143,7 @@ def render_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, m
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
             f'<div class="meta">model: {html.escape(model)} · {len(slides)} slides · {stamp}</div>'
-            f"{_metrics_html(metrics, figures, out_dir)}"
+            f"{card}{_metrics_html(metrics, figures, out_dir)}"
             f'<table class="summary"><tr><th>slide</th><th>status</th><th>patches</th>{head}</tr>'
             f'{"".join(rows)}</table>{"".join(cards)}<div class="note">{note_html}</div>{_VIEWER_PROBE}'
             "</body></html>\n")
@@ -141,7 +151,7 @@ def render_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, m
 
 def write_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, model: str,
                  notes: Sequence[str] = (), metrics: Sequence[Sequence[str]] = (),
-                 figures: Sequence[Path] = ()) -> Path:
+                 figures: Sequence[Path] = (), card: str = "") -> Path:
     """Write ``out_dir/report.html`` atomically and return its path."""
     return publish_text(out_dir / "report.html", render_report(slides, out_dir, title=title, model=model, notes=notes,
-                                                               metrics=metrics, figures=figures))
+                                                               metrics=metrics, figures=figures, card=card))

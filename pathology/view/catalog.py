@@ -97,9 +97,28 @@ def read_run(root: Path) -> Catalog | None:
             risk = _number(row.get(f"{task}_risk", ""))
             if risk is not None:
                 calls.append(Call(task, f"risk {risk:.3f}"))
+        if row.get("reliable") or row.get("warning"):     # pathology.run.trust's columns
+            calls.append(_reliability(row))
         entries[row["slide_id"]] = Entry(row["slide_id"], row.get("status", "done"), tuple(calls),
                                          row.get("message", ""))
-    return Catalog(root, "run", entries, binary + survival)
+    extra = [RELIABILITY] if {"reliable", "warning"} & set(table.columns) else []
+    return Catalog(root, "run", entries, binary + survival + extra)
+
+
+RELIABILITY = "reliability"
+
+
+def _reliability(row: dict) -> Call:
+    """A slide's reliability: "not reliable" (out of distribution, stain, resolution) and its warnings."""
+    ood = _number(row.get("ood_distance", ""))
+    text = "not reliable" if row.get("reliable") == "no" else "ok"
+    if ood is not None:
+        text += f" · distance {ood:.3g}"
+        threshold = _number(row.get("ood_threshold", ""))
+        text += f" (threshold {threshold:.3g})" if threshold is not None else ""
+    if row.get("warning"):
+        text += f" · {row['warning']}"
+    return Call(RELIABILITY, text, "pos" if row.get("reliable") == "no" or row.get("warning") else "")
 
 
 def _tone(call: str) -> str:

@@ -94,8 +94,12 @@ def test_the_legacy_run_loads_as_an_upgraded_config():
     # written back, the upgraded config is the file plus its schema and the fields added since 0.1.0
     # at their defaults: no key lost or renamed
     legacy = legacy_json()
-    added_since = {"threads": None}
-    assert config.to_json() == {"schema": SCHEMA, **legacy, "train": {**legacy["train"], **added_since}}
+    added_since = {"threads": None, "calibration": "none", "ood_alpha": 0.01, "cohort_name": None, "synthetic": None,
+                   "intended_use": ""}
+    records_since = {"provenance": None, "ood": None, "calibration": None}   # the model card's (issue 19)
+    assert config.provenance is None and config.ood is None and config.calibration is None
+    assert config.to_json() == {"schema": SCHEMA, **legacy, **records_since,
+                                "train": {**legacy["train"], **added_since}}
 
 
 def test_mil_predict_applies_the_legacy_run(tmp_path):
@@ -206,7 +210,7 @@ def test_a_fresh_run_reads_back_as_what_was_trained(fresh, tmp_path):
 def test_a_fresh_run_keeps_the_keys_of_0_1_0(fresh):
     """Scripts written against 0.1.0's config.json find every key where it was."""
     new, old = json.loads((fresh[0] / "run" / "config.json").read_text()), legacy_json()
-    assert list(new) == ["schema", *old]
+    assert list(new) == ["schema", *old, "provenance", "ood", "calibration"]   # added at the end (issue 19)
     for section in ("software", "train", "model", "survival", "manifest"):
         assert set(old[section]) <= set(new[section]), section
     assert all(set(old["heads"][0]) == set(h) for h in new["heads"])

@@ -79,7 +79,7 @@ def test_overwrite_is_needed_to_replace_a_complete_run_and_replaces_all_of_it(co
     assert set(read_json(out / "metrics.json")["tasks"]) == {"pr"}
     # the new run's files only (the old third fold and ER plot are gone), and the user's file kept
     assert files(out) == ["config.json", "fold_0/model.safetensors", "fold_1/model.safetensors", "metrics.json",
-                          "notes.txt", "predictions.csv", "roc_pr.png"]
+                          "notes.txt", "ood.safetensors", "predictions.csv", "reliability_pr.png", "roc_pr.png"]
     assert set(pd.read_csv(out / "predictions.csv")["task"]) == {"pr"}
 
 
