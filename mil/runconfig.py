@@ -433,7 +433,8 @@ def _from_0(raw: dict) -> dict:
 
 def _from_1(raw: dict) -> dict:
     """mil-run/1 -> mil-run/2: binary and survival heads only (no classes), no covariates, slide
-    level; trained without refit, with standardized features, as that version did."""
+    level; trained without refit, with standardized features and 8 bags a step, as that
+    version did (its binary losses were already class-balanced)."""
     raw = {**raw, "schema": f"{SCHEMA_NAME}/2", "level": "slide", "covariates": []}
     if isinstance(raw.get("heads"), list):
         raw["heads"] = [{"classes": [], **h} if isinstance(h, dict) else h for h in raw["heads"]]

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .claims import sweep_claims
+from .claims import STALE_AFTER, claim_path, is_stale, sweep_claims
+from .errors import describe, is_user_fixable
 from .executors import Executor, LocalExecutor
 from .inputs import SlideInput
 from .jobs import Job, Outcome, Stage, as_stage, run_stage
@@ -26,9 +27,12 @@ from .publish import publish_csv, sweep_leftovers
 log = logging.getLogger(__name__)
 
 STATUS_COLUMNS = ("slide_id", "status", "seconds", "count", "message")
-STATUSES = ("done", "skipped", "busy", "failed")
+NOT_EVALUABLE = "not evaluable"
+"""A slide processed to the end that gives no score (IHC: no tissue, too few cells); its reason is the message."""
+STATUSES = ("done", NOT_EVALUABLE, "skipped", "busy", "failed")
 
-__all__ = ["Job", "Outcome", "Stage", "StatusFile", "run_batch", "run_one", "status_path", "summary_table"]
+__all__ = ["NOT_EVALUABLE", "Job", "Outcome", "Stage", "StatusFile", "run_batch", "run_one", "status_path",
+           "summary_table"]
 
 
 def run_one(job: Job | Stage, slide: SlideInput) -> Outcome:
@@ -43,6 +47,7 @@ class StatusFile:
     def __init__(self, path: Path | None, slides: list[SlideInput]):
         self.path = path
         self.rows = {s.slide_id: {"slide_id": s.slide_id, "status": "pending"} for s in slides}
+        self.problem = ""
 
     def update(self, outcome: Outcome) -> None:
         self.rows[outcome.slide_id] = {"slide_id": outcome.slide_id, "status": outcome.status,
@@ -51,8 +56,20 @@ class StatusFile:
         self.write()
 
     def write(self) -> None:
-        if self.path is not None:
+        """Rewrite the file. A full disk or a read-only folder is logged (once) and the batch goes
+        on: the slides' own outputs fail with their own message, and the next write may succeed."""
+        if self.path is None:
+            return
+        try:
             publish_csv(self.path, STATUS_COLUMNS, self.rows.values())
+        except Exception as exc:
+            if not is_user_fixable(exc):
+                raise
+            if describe(exc) != self.problem:
+                log.warning("status file not written: %s", describe(exc))
+            self.problem = describe(exc)
+        else:
+            self.problem = ""
 
 
 def status_path(folder: Path, shard: tuple[int, int] | None = None, stem: str = "status") -> Path:
@@ -74,9 +91,7 @@ def run_batch(slides: list[SlideInput], job: Job | Stage | Sequence[Stage], *, e
     stages = [as_stage(job)] if callable(job) or isinstance(job, Stage) else list(job)
     executor = executor or LocalExecutor(workers)
     for folder in clean:
-        left = sweep_leftovers(folder) + sweep_claims(folder)
-        if left:
-            log.info("removed %d file(s) a killed run left in %s", len(left), folder)
+        _sweep(Path(folder))
     outcomes: list[Outcome] = []
     status_file = StatusFile(status, slides)
     status_file.write()
@@ -101,6 +116,26 @@ def run_batch(slides: list[SlideInput], job: Job | Stage | Sequence[Stage], *, e
     return sorted(outcomes, key=lambda o: order[o.slide_id])
 
 
+def _claimed(output: Path) -> bool:
+    """Whether a live job holds a claim on ``output``."""
+    claim = claim_path(output)
+    return claim.exists() and not is_stale(claim)
+
+
+def _sweep(folder: Path) -> None:
+    """Remove what killed runs left in ``folder``: temporary files and folders and claims of dead
+    processes of this host, and other hosts' temporary files untouched for
+    :data:`pathology.claims.STALE_AFTER` whose output no live job claims. A folder that cannot
+    be cleaned (read-only) is reported, and the batch goes on."""
+    try:
+        left = sweep_claims(folder) + sweep_leftovers(folder, stale_after=STALE_AFTER, in_use=_claimed)
+    except OSError as exc:
+        log.warning("could not remove what killed runs left in %s: %s", folder, describe(exc))
+        return
+    if left:
+        log.info("removed %d file(s) a killed run left in %s", len(left), folder)
+
+
 def _log_outcome(outcome: Outcome, unit: str) -> None:
     if outcome.status == "failed":
         log.error("%s: failed: %s", outcome.slide_id, outcome.message)
@@ -108,6 +143,8 @@ def _log_outcome(outcome: Outcome, unit: str) -> None:
             log.debug("%s: %s", outcome.slide_id, outcome.traceback.rstrip())
     elif outcome.status in ("skipped", "busy"):
         log.info("%s: %s (%s)", outcome.slide_id, outcome.status, outcome.message)
+    elif outcome.status == NOT_EVALUABLE:
+        log.warning("%s: %s: %s", outcome.slide_id, outcome.status, outcome.message)
     else:
         log.info("%s: %s %s in %.1f s%s", outcome.slide_id, outcome.count, unit, outcome.seconds,
                  f" ({outcome.message})" if outcome.message else "")
@@ -119,12 +156,12 @@ def summary_table(outcomes: list[Outcome], unit: str = "patches") -> Table:
     for name, justify in (("slide", "left"), ("status", "left"), (unit, "right"), ("seconds", "right"),
                           ("detail", "left")):
         table.add_column(name, justify=justify, overflow="fold")
-    style = {"done": "green", "skipped": "cyan", "busy": "yellow", "failed": "bold red"}
+    style = {"done": "green", NOT_EVALUABLE: "magenta", "skipped": "cyan", "busy": "yellow", "failed": "bold red"}
     for o in outcomes:
         table.add_row(o.slide_id, f"[{style.get(o.status, '')}]{o.status}", str(o.count) if o.status == "done" else "",
                       f"{o.seconds:.1f}" if o.status not in ("skipped", "busy") else "", o.message)
     counts = {s: sum(o.status == s for o in outcomes) for s in STATUSES}
-    table.caption = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "busy")
+    table.caption = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s not in ("busy", NOT_EVALUABLE))
     bugs = sum(o.bug for o in outcomes)
     if bugs:
         table.caption += f" ({bugs} by a bug: please report it, with the traceback from -v)"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .claims import Claim, try_claim
-from .errors import describe, is_user_fixable
+from .errors import describe, is_user_fixable, storage_errors
 from .inputs import SlideInput
 
 Advance = Callable[[int], None]
@@ -71,7 +71,9 @@ def run_stage(stage: Stage, slide: SlideInput, advance: Advance = lambda n: None
     claim: Claim | None = None
     try:
         if stage.claim is not None:
-            got = try_claim(stage.claim(slide), owner=owner)
+            output = stage.claim(slide)
+            with storage_errors(output):  # a read-only or full folder: name the output, not its claim
+                got = try_claim(output, owner=owner)
             if not isinstance(got, Claim):
                 return Outcome(slide.slide_id, "busy", message=f"{stage.name}: another job is on it "
                                                                f"({got.describe()})")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import storage_errors
+from .publish import temporary_folder
 
 
 def companions(path: Path) -> list[Path]:
@@ -32,21 +34,21 @@ def companions(path: Path) -> list[Path]:
 @contextlib.contextmanager
 def local_copy(path: str | Path, stage_dir: str | Path | None) -> Iterator[Path]:
     """``path`` itself without ``stage_dir``; else a copy of the slide (and its companions) in a
-    fresh folder under ``stage_dir``, removed afterwards whatever happens. Modification times
-    are kept, so the copy has the original's fingerprint."""
+    fresh folder under ``stage_dir``, removed afterwards whatever happens (and, if this process
+    is killed, by the next batch that cleans ``stage_dir``: :func:`pathology.publish.temporary_folder`).
+    Modification times are kept, so the copy has the original's fingerprint. A full stage disk
+    is a :class:`pathology.errors.StorageError` naming the copy."""
     path = Path(path)
     if stage_dir is None:
         yield path
         return
-    folder = Path(stage_dir) / f".slide-{uuid.uuid4().hex}"
-    folder.mkdir(parents=True)
-    try:
-        for item in [path, *companions(path)]:
-            target = folder / item.name
-            if item.is_dir():
-                shutil.copytree(item, target)
-            else:
-                shutil.copy2(item, target)
+    with contextlib.ExitStack() as stack:
+        with storage_errors(Path(stage_dir) / path.name):  # only the copying: the caller's errors pass
+            folder = stack.enter_context(temporary_folder(stage_dir, f"stage-{path.name}"))
+            for item in [path, *companions(path)]:
+                target = folder / item.name
+                if item.is_dir():
+                    shutil.copytree(item, target)
+                else:
+                    shutil.copy2(item, target)
         yield folder / path.name
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

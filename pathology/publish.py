@@ -5,7 +5,13 @@ A file that exists is whole, and a failure never damages the previous version. T
 temporary name is unique per host, process and thread (two jobs on a shared folder never
 write the same one), starts with a dot, ends in ``.partial`` and is removed on failure. The
 published file gets the permissions of a normally created file (the umask decides), even
-when a library wrote the temporary file with a stricter mode.
+when a library wrote the temporary file with a stricter mode. A failure of the storage (a
+full disk, a read-only file system) is raised as a :class:`pathology.errors.StorageError`
+that names the target, not its temporary name.
+
+Temporary folders (:func:`temporary_folder`) are named the same way, so that what a killed
+process left behind, files and folders, is recognised and removed by :func:`sweep_leftovers`
+when the next batch starts (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ import csv
 import json
 import os
 import re
+import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from .errors import storage_error
 
 PARTIAL_SUFFIX = ".partial"
 LEFTOVER_SUFFIXES = (PARTIAL_SUFFIX, ".old")  # .old: a replaced bag kept alive while it is freed
@@ -71,21 +81,69 @@ def leftover_owner(path: Path) -> tuple[str, int] | None:
     return parts[1], int(parts[2])
 
 
-def sweep_leftovers(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Remove the temporary files that dead processes of this host left in ``folder`` (a killed
-    run); files of live processes and of other hosts (whose processes cannot be checked from
-    here) are kept. Returns the removed paths."""
+def leftover_target(path: Path) -> Path:
+    """The file a temporary file stands for: ``.<name>.<host>.<pid>.<thread>.partial`` -> ``<name>``."""
+    return path.with_name(path.name[1:].rsplit(".", 4)[0])
+
+
+def sweep_leftovers(folder: str | Path, recursive: bool = True, stale_after: float | None = None,
+                    in_use: Callable[[Path], bool] = lambda target: False) -> list[Path]:
+    """Remove the temporary files and folders that dead processes left in ``folder`` (a killed
+    run). On this host, a process that no longer exists is dead. Another host's processes
+    cannot be checked from here: with ``stale_after``, its temporary files (not folders: a
+    scratch copy may sit unchanged while its slide is read) are removed once untouched for that
+    many seconds and ``in_use(target)`` (e.g. a live claim on the file they stand for) is false;
+    without it, they are kept. Returns the removed paths."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
-    for path in folder.rglob(".*") if recursive else folder.glob(".*"):
+    now = time.time()
+    for path in sorted(folder.rglob(".*") if recursive else folder.glob(".*")):
         owner = leftover_owner(path)
-        if owner and owner[0] == HOST and owner[1] != os.getpid() and not pid_alive(owner[1]):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
+        if owner is None or any(p in removed for p in path.parents):
+            continue
+        if owner[0] == HOST:
+            dead = owner[1] != os.getpid() and not pid_alive(owner[1])
+        else:
+            dead = stale_after is not None and not path.is_dir() and _untouched_for(path, now) > stale_after \
+                and not in_use(leftover_target(path))
+        if dead and _remove(path):
+            removed.append(path)
     return removed
+
+
+def _untouched_for(path: Path, now: float) -> float:
+    """Seconds since ``path`` was last modified (0 if it is gone)."""
+    try:
+        return now - path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _remove(path: Path) -> bool:
+    """Remove a leftover file or folder; False if it was gone already."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def temporary_folder(parent: str | Path, name: str) -> Iterator[Path]:
+    """A fresh folder ``.<name>.<host>.<pid>.<thread>.partial`` in ``parent`` for scratch files,
+    removed afterwards whatever happens (and by :func:`sweep_leftovers` if this process is
+    killed)."""
+    folder = partial_path(Path(parent) / name)
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -93,21 +151,31 @@ def publishing(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write ``path`` at; on success it is renamed into place, on any
     failure (an exception, ``KeyboardInterrupt``) it is removed and the old file stays."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         commit(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        error = storage_error(exc, path) if isinstance(exc, Exception) else None
+        if error is not None and error is not exc:
+            raise error from exc
         raise
 
 
 def commit(tmp: str | Path, path: str | Path) -> Path:
     """Give the finished temporary file ``tmp`` normal permissions and rename it to ``path``
     (for writers that manage the temporary file themselves, named by :func:`partial_path`)."""
-    os.chmod(tmp, FILE_MODE)
-    os.replace(tmp, path)
+    try:
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except OSError as exc:
+        error = storage_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
     return Path(path)
 
 

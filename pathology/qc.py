@@ -11,9 +11,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
-from scipy import ndimage
 
 from .publish import publish_with
 
@@ -81,7 +81,8 @@ def _upscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _outer_band(mask: np.ndarray, width: int) -> np.ndarray:
     """Pixels just outside the mask, ``width`` thick: the outline never hides tissue."""
-    return ndimage.maximum_filter(mask, size=2 * width + 1) & ~mask
+    square = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    return (cv2.dilate(np.ascontiguousarray(mask, dtype=bool).view(np.uint8), square) != 0) & ~mask
 
 
 def _draw_grid(picture: Image.Image, boxes: np.ndarray) -> None:

@@ -31,6 +31,9 @@ COMMANDS = {
                                 "Render the synthetic demo cohort: slides, truth and manifest."),
     "demo": LazyCommand("pathology.cli.demo:demo_command",
                         "The whole pipeline, training included, on a synthetic cohort it generates."),
+    "view": LazyCommand("pathology.cli.view:view_command",
+                        "Browse an output folder in the browser: zoomable slides with attention, tissue and IHC "
+                        "overlays."),
 }
 
 

@@ -67,6 +67,10 @@ def embed_command(
     slides: Annotated[Path | None, typer.Option(help="Folder with the slides of coords-only bags "
                                                      "(default: the path recorded in each bag).",
                                                 file_okay=False)] = None,
+    verify_slides: Annotated[bool, typer.Option(
+        "--verify-slides", help="Check the slide of a coords-only bag by the SHA-256 of the whole file (the "
+                                "bag must have been tiled with --verify-slides) instead of its size and "
+                                "sampled content.")] = False,
     random_weights: Annotated[bool, typer.Option("--random-weights", hidden=True,
                                                  help="Skip loading weights (tests, benchmarks).")] = False,
     shard: Shard = None,
@@ -106,7 +110,7 @@ def embed_command(
         log.warning("--loader-workers %d on the CPU: loader processes compete with the encoder's threads for the "
                     "cores and make embedding slower (benchmarks/RESULTS.md); they pay with a GPU", loader_workers)
     options = EmbedOptions(batch_size=batch_size, workers=loader_workers, dtype=dtype.value, overwrite=overwrite,
-                           slides=slides, threads=threads)
+                           slides=slides, threads=threads, verify_slides=verify_slides)
     folder = inputs[0].path.parent
     outcomes = run_batch(inputs, embed_stage(encoder_choice, options), executor=engine, unit="patches",
                          console=console, total=pending_patches(inputs, model.spec.name, overwrite),

@@ -87,6 +87,7 @@ def heatmap_command(
         console.print("nothing to do: this shard holds no bags")
         return
     job = functools.partial(heatmap_job, attention=source, out=out, options=options)
-    outcomes = run_batch(bags, job, unit="patches", console=console, status=status_path(out, shard_spec))
+    outcomes = run_batch(bags, job, unit="patches", console=console, status=status_path(out, shard_spec),
+                         clean=[out])
     console.print(summary_table(outcomes))
     exit_if_failed(outcomes)

@@ -36,6 +36,7 @@ from .common import (
     Quiet,
     RunFolder,
     Shard,
+    StageDir,
     Verbose,
     exit_if_failed,
     reported,
@@ -69,6 +70,7 @@ def run_command(
     memory_per_slide: MemoryPerSlide = None,
     cpus_per_worker: CpusPerWorker = None,
     gpus_per_worker: GpusPerWorker = None,
+    stage_dir: StageDir = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -99,7 +101,8 @@ def run_command(
         check_encoder(loaded, features)  # the run's encoder and weights, before any slide is touched
         heat = HeatmapOptions(normalization=normalize, max_size=max_size, top_k=top_k)
         options = PredictOptions(model, out, heat, device, covariates, clinical)
-        stages = run_stages(options, tiling, encoder, EmbedOptions(batch_size=batch_size, threads=threads), threads)
+        stages = run_stages(options, tiling, encoder, EmbedOptions(batch_size=batch_size, threads=threads), threads,
+                            stage_dir)
         engine = choice.build(states=[None, loaded, None])
     if not slides:
         console.print("nothing to do: this shard holds no slides")
@@ -107,7 +110,7 @@ def run_command(
     torch.set_num_threads(available_cores())
     out.mkdir(parents=True, exist_ok=True)
     outcomes = run_batch(slides, stages, executor=engine, unit="patches", console=console,
-                         status=status_path(out, shard_spec), clean=[out])
+                         status=status_path(out, shard_spec), clean=[out, *([stage_dir] if stage_dir else [])])
     reports = slide_reports(outcomes, run, out)
     write_results(out / "results.csv", *results_rows(reports, outcomes, run))
     report = write_report(reports, out, title=f"pathology run · {model.name}", model=str(model.resolve()),

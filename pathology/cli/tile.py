@@ -29,6 +29,7 @@ from .common import (
     Out,
     Quiet,
     Shard,
+    StageDir,
     Verbose,
     Workers,
     exit_if_failed,
@@ -47,6 +48,11 @@ class Kind(str, Enum):
 class Compression(str, Enum):
     none = "none"
     gzip = "gzip"
+
+
+class OnBadTile(str, Enum):
+    fail = "fail"
+    skip = "skip"
 
 
 def tile_command(
@@ -73,18 +79,26 @@ def tile_command(
              "default encoder takes to embed the patch.")] = Compression.none,
     mask_mpp: Annotated[float, typer.Option(help="Resolution (µm/px) of the tissue mask.")]
     = TissueParams().mask_mpp,
+    on_bad_tile: Annotated[OnBadTile, typer.Option(
+        help="A corrupt tile in the slide: fail the slide (naming the tile), or skip the patches that touch "
+             "it (listed in the bag and status.csv).")] = OnBadTile.fail,
+    verify_slides: Annotated[bool, typer.Option(
+        "--verify-slides", help="Identify each slide by the SHA-256 of the whole file (reads all of it) "
+                                "instead of its size, modification time and sampled content.")] = False,
     shard: Shard = None,
     workers: Workers = 1,
     executor: Executor = ExecutorName.local,
     address: Address = None,
     cpus_per_slide: CpusPerSlide = None,
     memory_per_slide: MemoryPerSlide = None,
+    stage_dir: StageDir = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
     """Find tissue, cut patches at a target µm/px, stain-normalize, and write one bag per slide.
 
-    Reruns skip slides whose bag is complete with the same parameters.
+    Reruns skip slides whose bag is complete with the same parameters and was made from the same
+    slide file (size, modification time and content samples; --verify-slides: the whole file).
 
     A bad slide is reported and skipped; the exit code is 1 if any slide failed, 2 for bad input.
     """
@@ -103,7 +117,8 @@ def tile_command(
         console.print("nothing to do: this shard holds no slides")
         return
     _, threads = choice.slide_threads(len(slides))
-    outcomes = run_batch(slides, tile_stage(out, options, threads), executor=engine, unit="patches", console=console,
-                         status=status_path(out, shard_spec), clean=[out])
+    stage = tile_stage(out, options, threads, stage_dir, on_bad_tile=on_bad_tile.value, verify_slides=verify_slides)
+    outcomes = run_batch(slides, stage, executor=engine, unit="patches", console=console,
+                         status=status_path(out, shard_spec), clean=[out, *([stage_dir] if stage_dir else [])])
     Console().print(summary_table(outcomes))
     exit_if_failed(outcomes)

@@ -100,7 +100,7 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     bags_dir = out / "bags"
     tiling = TileOptions(stain=options.stain)
     _check(run_batch(slides, functools.partial(tile_job, out=bags_dir, options=tiling, threads=cores),
-                     console=console, status=status_path(bags_dir)), "tile")
+                     console=console, status=status_path(bags_dir), clean=[bags_dir]), "tile")
     bags = {s.slide_id: bags_dir / f"{s.slide_id}.h5" for s in slides}
     done("2 tile")
 
@@ -108,7 +108,7 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     encoder = load_encoder(ENCODER, device="auto")
     bag_inputs = [SlideInput(sid, path) for sid, path in bags.items()]
     _check(run_batch(bag_inputs, functools.partial(embed_job, encoder=encoder, options=EmbedOptions(threads=cores)),
-                     console=console, status=status_path(bags_dir, stem="status.embed")), "embed")
+                     console=console, status=status_path(bags_dir, stem="status.embed"), clean=[bags_dir]), "embed")
     done("3 embed")
 
     stage("4 train")
@@ -126,7 +126,7 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     heat = HeatmapOptions(max_size=768, top_k=6)
     _check(run_batch(bag_inputs, functools.partial(heatmap_job, attention=attention_file(out / "attention"),
                                                    out=out / "heatmaps", options=heat),
-                     console=console, status=status_path(out / "heatmaps")), "heatmaps")
+                     console=console, status=status_path(out / "heatmaps"), clean=[out / "heatmaps"]), "heatmaps")
     precision = tumour_attention_precision(cohort, bags, slides, out / "attention")
     done("5 attention and heatmaps")
 

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from ..bag import BagError, fingerprint, read_attrs
+from ..bag import BagError, read_attrs
+from ..errors import storage_errors
+from ..fingerprint import fingerprint, slide_changed
 from ..slide import open_slide
 from ..stain import restore_normalizer
 from ..tiling.grid import Grid
@@ -49,7 +51,8 @@ class SlidePatches(IterableDataset):
     normalized with the stain fit recorded in the bag, so they equal what the tiler
     would have stored. Sequential (the reader decodes each slide tile once, in order)."""
 
-    def __init__(self, bag: Path, batch_size: int, slide_path: Path | None = None, threads: int = 2) -> None:
+    def __init__(self, bag: Path, batch_size: int, slide_path: Path | None = None, threads: int = 2,
+                 verify: bool = False) -> None:
         self.bag, self.batch_size, self.threads = Path(bag), batch_size, threads
         attrs = read_attrs(self.bag)
         self.attrs = attrs
@@ -57,9 +60,14 @@ class SlidePatches(IterableDataset):
         if not self.slide_path.is_file():
             raise BagError(f"{self.bag.name}: holds coordinates only and its slide {self.slide_path} "
                                     "is not there; pass --slides DIR with the slide files")
-        if fingerprint(self.slide_path) != attrs.get("slide_fingerprint"):
+        # The slide may be a copy elsewhere (--slides DIR): its modification time says nothing,
+        # its size and content do (pathology.fingerprint).
+        with storage_errors(self.slide_path, "read"):
+            current = fingerprint(self.slide_path, full=verify)
+        changed = slide_changed(attrs.get("slide_fingerprint"), self.slide_path, current, copy=True)
+        if changed:
             raise BagError(f"{self.bag.name}: slide {self.slide_path} is not the file this bag was tiled from "
-                             "(its fingerprint differs); re-tile it")
+                           f"({changed}); re-tile it")
         with h5py.File(self.bag, "r") as f:
             coords = f["coords"]
             size0 = np.broadcast_to(np.asarray(coords.attrs["patch_size_level0"], np.float64), (2,))
@@ -87,8 +95,9 @@ class SlidePatches(IterableDataset):
 
 
 def bag_patches(bag: Path, batch_size: int, slide_path: Path | None = None,
-                threads: int = 2) -> StoredPatches | SlidePatches:
-    """The right dataset for ``bag``: stored patches when it has them, else its slide."""
+                threads: int = 2, verify: bool = False) -> StoredPatches | SlidePatches:
+    """The right dataset for ``bag``: stored patches when it has them, else its slide (checked to
+    be the file the bag was tiled from; ``verify``: by the whole file's SHA-256)."""
     with h5py.File(bag, "r") as f:
         stored = "patches" in f
-    return StoredPatches(bag, batch_size) if stored else SlidePatches(bag, batch_size, slide_path, threads)
+    return StoredPatches(bag, batch_size) if stored else SlidePatches(bag, batch_size, slide_path, threads, verify)

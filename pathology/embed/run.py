@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..bag import SCHEMA, BagError
+from ..bag import SCHEMA, BagError, close_hdf5, open_bag
 from ..batch import Outcome
 from ..encoders import Encoder
-from ..errors import UserError
+from ..errors import UserError, storage_errors
 from ..inputs import SlideInput
 from .patches import bag_patches
 from .staging import StagedCopy
@@ -42,11 +42,12 @@ class EmbedOptions:
     overwrite: bool = False
     slides: Path | None = None       # folder holding the slides of coords-only bags (else the recorded path)
     threads: int = 2                 # decode threads when patches are re-read from a slide
+    verify_slides: bool = False      # check a re-read slide by the whole file's SHA-256
 
 
 def existing_features(bag: Path, name: str) -> dict | None:
     """The attrs of ``/features/<name>`` in ``bag``, or None when absent."""
-    with h5py.File(bag, "r") as f:
+    with open_bag(bag) as f:
         if f.attrs.get("schema") != SCHEMA:
             raise BagError(f"{bag}: not a pathology bag (schema {f.attrs.get('schema')!r}, expected {SCHEMA})")
         node = f.get(f"features/{name}")
@@ -57,23 +58,32 @@ def patch_loader(bag: Path, options: EmbedOptions, device: torch.device) -> tupl
     """The bag's patches (stored, or re-read from its slide) and the DataLoader that batches them."""
     slide = None
     if options.slides is not None:
-        with h5py.File(bag, "r") as f:
+        with open_bag(bag) as f:
             slide = options.slides / Path(str(f.attrs.get("slide_path", ""))).name
-    dataset = bag_patches(bag, options.batch_size, slide, options.threads)
+    dataset = bag_patches(bag, options.batch_size, slide, options.threads, options.verify_slides)
     workers = min(options.workers, 1) if isinstance(dataset, IterableDataset) else options.workers
     return dataset, DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                                prefetch_factor=4 if workers else None)
 
 
-def write_features(path: Path, name: str, features: np.ndarray, attrs: dict) -> None:
-    """``/features/<name>`` in the bag at ``path``, replacing any earlier one."""
-    with h5py.File(path, "r+") as f:
-        group = f.require_group("features")
-        if name in group:
-            del group[name]
-        out = group.create_dataset(name, data=features, chunks=(max(1, min(len(features), 1024)), features.shape[1])
-                                   if len(features) else None)
-        out.attrs.update(attrs)
+def write_features(path: Path, name: str, features: np.ndarray, attrs: dict, bag: Path | None = None) -> None:
+    """``/features/<name>`` in the HDF5 file at ``path`` (the staged copy of ``bag``), replacing
+    any earlier one. A full disk is a :class:`pathology.errors.StorageError` naming ``bag``; the
+    file is closed whatever happens (:func:`pathology.bag.close_hdf5`)."""
+    with storage_errors(bag or path):
+        f = h5py.File(path, "r+")
+        try:
+            group = f.require_group("features")
+            if name in group:
+                del group[name]
+            out = group.create_dataset(name, data=features,
+                                       chunks=(max(1, min(len(features), 1024)), features.shape[1])
+                                       if len(features) else None)
+            out.attrs.update(attrs)
+        except BaseException:
+            close_hdf5(f, quiet=True)
+            raise
+        close_hdf5(f)
 
 
 def pending_patches(bags: list[SlideInput], encoder: str, overwrite: bool) -> int:
@@ -85,7 +95,7 @@ def pending_patches(bags: list[SlideInput], encoder: str, overwrite: bool) -> in
             if overwrite or existing_features(bag.path, encoder) is None:
                 with h5py.File(bag.path, "r") as f:
                     total += len(f["coords"])
-        except (OSError, KeyError, BagError):
+        except (OSError, KeyError, UserError):
             continue
     return total
 
@@ -121,7 +131,7 @@ def embed_bag(bag: Path, encoder: Encoder, options: EmbedOptions,
         attrs = {**encoder.feature_attrs(), "batch_size": options.batch_size,
                  "created": datetime.now(UTC).isoformat(timespec="seconds"),
                  "patch_source": "slide" if isinstance(dataset, IterableDataset) else "bag"}
-        write_features(staged.ready(), name, features, attrs)
+        write_features(staged.ready(), name, features, attrs, bag=bag)
         staged.commit()
     except BaseException:
         staged.discard()

@@ -12,11 +12,13 @@ the rename and deleted on a background thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
 from pathlib import Path
 
+from ..errors import storage_errors
 from ..publish import commit, partial_path
 
 
@@ -53,7 +55,8 @@ class StagedCopy:
 
     def _copy(self) -> None:
         try:
-            kernel_copy(self.path, self.tmp)
+            with storage_errors(self.path):  # a full disk names the bag, not its temporary copy
+                kernel_copy(self.path, self.tmp)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by ready()
             self._error = exc
 
@@ -81,4 +84,5 @@ class StagedCopy:
     def discard(self) -> None:
         """Drop the copy (after the background copy has stopped); ``path`` is untouched."""
         self._copying.join()
-        self.tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the error being raised is the one to report
+            self.tmp.unlink(missing_ok=True)

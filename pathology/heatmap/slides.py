@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..bag import fingerprint
+from ..fingerprint import slide_changed
 from ..slide import Slide, open_slide
 from .sources import BagView, HeatmapError
 
@@ -30,8 +30,8 @@ def open_bag_slide(bag: BagView, path: Path | None, why: str) -> Slide:
         raise HeatmapError(f"{bag.path}: {why} needs the slide, but {bag.attrs.get('slide_path')!r} is not "
                            "there; pass --slide FILE_OR_DIR")
     expected = bag.attrs.get("slide_fingerprint")
-    if expected and fingerprint(path) != expected:
-        raise HeatmapError(f"{bag.path}: slide {path} is not the file this bag was tiled from "
-                           "(its fingerprint differs)")
+    changed = slide_changed(expected, path, copy=True) if expected else None  # a copy elsewhere is fine
+    if changed:
+        raise HeatmapError(f"{bag.path}: slide {path} is not the file this bag was tiled from ({changed})")
     tiling = bag.attrs.get("tiling") or {}
     return open_slide(path, backend=tiling.get("backend", "auto"), mpp=(tiling.get("params") or {}).get("mpp"))

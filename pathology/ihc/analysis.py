@@ -14,7 +14,7 @@ import numpy as np
 from .deconvolution import StainBasis, deconvolve
 from .markers import IntensityThresholds, Marker
 from .membrane import MembraneParams, measure_membranes
-from .nuclei import NucleusParams, detect_nuclei
+from .nuclei import NucleusParams, detect_nuclei, merge_stained
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ class Settings:
 class TileCells:
     """Counted cells of a tile (coordinates in tile pixels, margin included) and its DAB area.
 
-    ``intensity`` is the nucleus's mean DAB OD (nuclear markers) or the membrane's
-    median peak DAB OD (HER2); ``labels`` (kept on request, for pictures) numbers the
+    ``intensity`` is the nucleus's own DAB OD (its mean less its surroundings', nuclear
+    markers) or the membrane's median peak DAB OD (HER2); ``labels`` (kept on request, for pictures) numbers the
     counted nuclei 1..n and ``cells`` their grown cells (HER2 only).
     """
 
@@ -46,6 +46,7 @@ class TileCells:
     tissue_px: int
     dab_positive_px: int
     area_um2: np.ndarray = field(default_factory=lambda: np.zeros(0))   # nucleus area per counted cell
+    surroundings: np.ndarray = field(default_factory=lambda: np.zeros(0))  # DAB OD around each nucleus
     labels: np.ndarray | None = None
     cells: np.ndarray | None = None
 
@@ -55,16 +56,19 @@ class TileCells:
 
 def analyze_tile(rgb: np.ndarray, tissue: np.ndarray, settings: Settings, keep_labels: bool = False) -> TileCells:
     """Cells of one tile (``rgb`` uint8 with ``settings.margin`` px of context on each side;
-    ``tissue`` its bool tissue mask)."""
+    ``tissue`` its bool mask of what is scored: tissue, inside the ROI if there is one)."""
     s = settings
     hema, dab = deconvolve(rgb, s.basis)
     nuclear = s.marker.compartment == "nuclear"
     nuclei = detect_nuclei(hema, dab, s.mpp, s.nuclei, use_dab=nuclear, valid=tissue)
     if nuclear:
-        classes, intensity, cells = s.thresholds.classify(nuclei.dab), nuclei.dab, None
+        nuclei = merge_stained(nuclei, s.thresholds.weak, s.nuclei.merge_solidity)
+        intensity, cells, around = nuclei.dab_excess, None, nuclei.dab_background
+        classes = s.thresholds.classify_nuclei(intensity, nuclei.dab_share(dab, s.thresholds.weak))
     else:
         membranes = measure_membranes(dab, nuclei, s.mpp, s.thresholds, s.membrane)
         classes, intensity, cells = membranes.classes, membranes.intensity, membranes.cells
+        around = np.zeros(len(nuclei), np.float32)
     core = np.zeros(tissue.shape, bool)
     m = s.margin
     core[m:core.shape[0] - m, m:core.shape[1] - m] = True
@@ -79,6 +83,6 @@ def analyze_tile(rgb: np.ndarray, tissue: np.ndarray, settings: Settings, keep_l
         cells = lut[cells] if cells is not None else None
     return TileCells(x=nuclei.x[counted], y=nuclei.y[counted], classes=classes[counted],
                      intensity=intensity[counted], tissue_px=int(core.sum()),
-                     area_um2=nuclei.area_px[counted] * s.mpp ** 2,
+                     area_um2=nuclei.area_px[counted] * s.mpp ** 2, surroundings=around[counted],
                      dab_positive_px=int((core & (dab >= s.thresholds.weak)).sum()),
                      labels=labels, cells=cells if keep_labels else None)

@@ -2,8 +2,9 @@
 
 Each working tile's core is one map cell. Two pictures per slide, drawn over the slide
 like the MIL attention heatmaps (:mod:`pathology.heatmap`): positivity (% cells of class
-1+ or more) and intensity (the tile's H-score, 0-300, from the same classes). A tile
-without counted cells is left unpainted. ``tiles/<slide_id>.csv`` holds the numbers.
+1+ or more) and intensity (the tile's H-score, 0-300, from the same classes), painted only
+over what was scored, with the ROI and the Ki-67 hotspot drawn on top. A tile without
+counted cells is left unpainted. ``tiles/<slide_id>.csv`` holds the numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..heatmap.raster import OutputGrid, paint_mean
 from ..tiling.grid import Grid
 from .analysis import TileCells
 from .markers import IntensityThresholds, Marker
+from .report.marks import Marks
 
 CMAP = "jet"
 ALPHA = 0.5
@@ -36,17 +38,19 @@ class TileTable:
     dab_px: np.ndarray          # int64 (N,)
     intensity_sum: np.ndarray   # float64 (N,): summed per-cell intensity OD
     area_sum: np.ndarray        # float64 (N, 4): summed nucleus area per class, µm²
+    stained_around: np.ndarray  # int64 (N,): counted nuclei whose surroundings carry DAB (>= the weak cut)
 
     @classmethod
     def empty(cls, n: int) -> TileTable:
         return cls(np.zeros((n, 4), np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n),
-                   np.zeros((n, 4)))
+                   np.zeros((n, 4)), np.zeros(n, np.int64))
 
-    def record(self, i: int, cells: TileCells) -> None:
+    def record(self, i: int, cells: TileCells, weak: float = np.inf) -> None:
         self.counts[i] = cells.counts()
         self.tissue_px[i], self.dab_px[i] = cells.tissue_px, cells.dab_positive_px
         self.intensity_sum[i] = float(cells.intensity.sum())
         self.area_sum[i] = np.bincount(cells.classes, weights=cells.area_um2, minlength=4)[:4]
+        self.stained_around[i] = int((cells.surroundings >= weak).sum())
 
     def totals(self) -> np.ndarray:
         return self.counts.sum(axis=0)
@@ -71,8 +75,10 @@ class TileTable:
 
 def write_maps(out_dir: Path, slide_id: str, table: TileTable, grid: Grid, picture: np.ndarray,
                dimensions: tuple[int, int], tissue: np.ndarray, marker: Marker,
-               thresholds: IntensityThresholds, tile_um: float) -> dict[str, Path]:
-    """Write ``maps/<id>.positivity.png``, ``maps/<id>.intensity.png`` and ``tiles/<id>.csv``."""
+               thresholds: IntensityThresholds, tile_um: float, marks: Marks | None = None) -> dict[str, Path]:
+    """Write ``maps/<id>.positivity.png``, ``maps/<id>.intensity.png`` and ``tiles/<id>.csv``;
+    ``tissue`` is the mask of what was scored (tissue, in the ROI), ``marks`` the ROI and hotspot."""
+    marks = marks or Marks()
     h, w = picture.shape[:2]
     out_grid = OutputGrid(w, h, (dimensions[0] / w, dimensions[1] / h), 0.0)
     margin = (np.asarray(grid.patch_size_level0) - np.asarray(grid.stride_level0)) / 2
@@ -89,7 +95,7 @@ def write_maps(out_dir: Path, slide_id: str, table: TileTable, grid: Grid, pictu
             ("intensity", table.h_score(), 300.0, f"H-score per tile (cuts {thresholds.weak:g} / "
                                                   f"{thresholds.moderate:g} / {thresholds.strong:g} DAB OD)")):
         mean, covered = paint_mean(out_grid, origin[has], core, values[has] / top)
-        painted = blend(picture, mean, covered & mask, lut, ALPHA)
+        painted = marks.draw(blend(picture, mean, covered & mask, lut, ALPHA), dimensions)
         ticks = [(f, f"{f * top:g}") for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
         title = f"{slide_id} · {marker.title} · {name} · {int(has.sum())} tiles of {tile_um:g} µm"
         paths[name] = write_png(out_dir / "maps" / f"{slide_id}.{name}.png",

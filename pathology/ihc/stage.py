@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..inputs import SlideInput
 from ..jobs import Stage
+from ..roi import RoiSource
 from .pipeline import IHCOptions, ihc_job, result_path
 
 
@@ -15,7 +16,9 @@ def result_output(out: Path, slide: SlideInput) -> Path:
     return result_path(Path(out), slide.slide_id)
 
 
-def ihc_stage(out: Path, options: IHCOptions, threads: int) -> Stage:
-    """Score each slide into ``out`` with ``threads`` threads (the CPUs a task reserves)."""
-    return Stage("ihc", partial(ihc_job, out=out, options=options, threads=threads), claim=partial(result_output, out),
-                 cpus=threads)
+def ihc_stage(out: Path, options: IHCOptions, threads: int, rois: RoiSource | None = None,
+              stage_dir: Path | None = None) -> Stage:
+    """Score each slide into ``out`` with ``threads`` threads (the CPUs a task reserves), inside
+    its ROI from ``rois`` when it has one, reading a local copy in ``stage_dir`` when given."""
+    return Stage("ihc", partial(ihc_job, out=out, options=options, threads=threads, rois=rois, stage_dir=stage_dir),
+                 claim=partial(result_output, out), cpus=threads)

@@ -93,9 +93,10 @@ def predict_slide(slide: SlideInput, advance: Callable[[int], None], *, options:
 
 
 def run_stages(options: PredictOptions, tiling: TileOptions, encoder: EncoderChoice, embed: EmbedOptions,
-               threads: int) -> list[Stage]:
-    """tile → embed → predict and draw, each slide entering a stage as soon as it leaves the last."""
-    return [tile_stage(options.bags, tiling, threads), embed_stage(encoder, embed, bags_dir=options.bags),
+               threads: int, stage_dir: Path | None = None) -> list[Stage]:
+    """tile → embed → predict and draw, each slide entering a stage as soon as it leaves the last;
+    tiling reads a local copy of the slide in ``stage_dir`` when given."""
+    return [tile_stage(options.bags, tiling, threads, stage_dir), embed_stage(encoder, embed, bags_dir=options.bags),
             Stage("predict", partial(predict_slide, options=options))]
 
 

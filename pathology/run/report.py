@@ -3,6 +3,11 @@
 One card per slide: its QC thumbnail, each task's score and call (with the threshold
 used), and the task heatmaps side by side. Pictures are linked by relative path, so the
 folder can be moved, zipped or opened offline; nothing is fetched from the network.
+
+Served by ``pathology view`` (which serves the folder's ``report.html``), each slide also
+links to its zoomable viewer page (``view/<slide_id>``): a line of script asks the server
+whether it is the viewer and shows the links; opened from disk, the page says how to start
+one instead.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from ..publish import publish_text
 
@@ -28,7 +34,14 @@ figure{margin:0;max-width:420px} figure img{max-width:420px;max-height:420px;bor
 figcaption{font-size:13px;color:#444;margin-top:4px}
 .pos{color:#b00020;font-weight:600} .neg{color:#1b5e20;font-weight:600} .failed{color:#b00020}
 .note{font-size:12px;color:#777;margin-top:20px}
+.viewer-link{display:none;font-size:13px;font-weight:400;margin-left:8px} body.viewer-on .viewer-link{display:inline}
+body.viewer-on .viewer-hint{display:none}
 """
+# Shows the viewer links when the page is served by `pathology view` (its /api/viewer answers);
+# from disk (file:) nothing is asked.
+_VIEWER_PROBE = ('<script>if(location.protocol!=="file:")fetch("api/viewer").then(r=>r.ok?r.json():null)'
+                 '.then(v=>{if(v&&v.app==="pathology view")document.body.classList.add("viewer-on")})'
+                 '.catch(()=>{})</script>')
 
 
 @dataclass
@@ -75,6 +88,11 @@ def _img(path: Path | None, out_dir: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def _viewer_link(slide_id: str, text: str) -> str:
+    """The slide's page in ``pathology view`` (shown only when the viewer serves this report)."""
+    return f'<a class="viewer-link" href="view/{html.escape(quote(slide_id, safe=""))}">{text}</a>'
+
+
 def _call_html(t: TaskResult) -> str:
     if t.kind == "multiclass":
         probs = ", ".join(f"{html.escape(c)} {p:.2f}" for c, p in zip(t.classes, t.probabilities))
@@ -110,7 +128,8 @@ def render_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, m
         by_task = {t.task: t for t in s.tasks}
         cells = "".join(f"<td>{_call_html(by_task[t]) if t in by_task else ''}</td>" for t in tasks)
         status = f'<span class="failed">failed: {html.escape(s.message)}</span>' if s.status == "failed" else s.status
-        rows.append(f'<tr><td><a href="#{html.escape(s.slide_id)}">{html.escape(s.slide_id)}</a></td>'
+        zoom = _viewer_link(s.slide_id, "zoom") if s.status != "failed" else ""
+        rows.append(f'<tr><td><a href="#{html.escape(s.slide_id)}">{html.escape(s.slide_id)}</a>{zoom}</td>'
                     f"<td>{status}</td><td>{s.patches}</td>{cells}</tr>")
         if s.status == "failed":
             continue
@@ -118,16 +137,21 @@ def render_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, m
         pictures += [_img(t.heatmap, out_dir, f"{t.task}: attention") for t in s.tasks]
         pictures += [_img(h, out_dir, f"{t.task}: {c}") for t in s.tasks for c, h in zip(t.classes, t.class_heatmaps)]
         calls = "; ".join(f"{html.escape(t.task)}: {_call_html(t)}" for t in s.tasks)
-        cards.append(f'<div class="card" id="{html.escape(s.slide_id)}"><h2>{html.escape(s.slide_id)}</h2>'
+        cards.append(f'<div class="card" id="{html.escape(s.slide_id)}"><h2>{html.escape(s.slide_id)}'
+                     f'{_viewer_link(s.slide_id, "open zoomable, with overlays")}</h2>'
                      f'<p>{calls}</p><div class="row">{"".join(pictures)}</div></div>')
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+    note_html += ('<p class="viewer-hint">To zoom into each slide at full resolution under its heatmaps, run '
+                  f"<code>pathology view {html.escape(str(Path(out_dir).resolve()))}</code> and open this report at "
+                  "the address it prints.</p>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
             f'<div class="meta">model: {html.escape(model)} · {len(slides)} slides · {stamp}</div>'
             f"{_metrics_html(metrics, figures, out_dir)}"
             f'<table class="summary"><tr><th>slide</th><th>status</th><th>patches</th>{head}</tr>'
-            f'{"".join(rows)}</table>{"".join(cards)}<div class="note">{note_html}</div></body></html>\n')
+            f'{"".join(rows)}</table>{"".join(cards)}<div class="note">{note_html}</div>{_VIEWER_PROBE}'
+            "</body></html>\n")
 
 
 def write_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, model: str,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+
+# Reads an in-bounds box of a level: (level, x, y, w, h) in level pixels → RGB uint8 (h, w, 3).
+RegionReader = Callable[[int, int, int, int, int], np.ndarray]
 
 # Plausible microscope resolutions. TIFF writers often store 72 or 96 dpi by
 # default (352.8 or 264.6 µm/px): such a value says nothing about the slide.
@@ -142,9 +147,16 @@ class Slide:
         scale = max(w0, h0) / max_size
         return self.read_scaled(max(scale, 1.0))
 
-    def read_scaled(self, downsample: float, strip: int = 1024) -> np.ndarray:
+    def read_scaled(self, downsample: float, strip: int = 1024, pool: Executor | None = None,
+                    reader: RegionReader | None = None) -> np.ndarray:
         """Whole slide at ``downsample`` × level 0, assembled strip by strip from the
-        best pyramid level so a large level is never held in memory."""
+        best pyramid level so a large level is never held in memory.
+
+        Strips are independent: with a thread ``pool`` they are read and shrunk in parallel
+        (decoders and Pillow's resampling release the GIL). ``reader(level, x, y, w, h)``
+        replaces this slide's own reads of in-bounds level boxes, e.g. by a faster decoder of
+        the same pixels; the strips, and so the result, stay the same.
+        """
         from PIL import Image
 
         w0, h0 = self.dimensions
@@ -154,13 +166,23 @@ class Slide:
         sy = lh / out_h  # level rows per output row
         rows = max(1, int(strip / sy))
         out = np.empty((out_h, out_w, 3), np.uint8)
-        for oy in range(0, out_h, rows):
+        read = reader or (lambda lv, x, y, w, h: self._read_checked(x, y, lv, w, h))
+
+        def one(oy: int) -> None:
             oy1 = min(out_h, oy + rows)
             ly0, ly1 = int(math.floor(oy * sy)), min(lh, int(math.ceil(oy1 * sy)))
-            band = self._read_checked(0, ly0, level, lw, max(1, ly1 - ly0))
+            band = read(level, 0, ly0, lw, max(1, ly1 - ly0))
             img = Image.fromarray(band).resize((out_w, oy1 - oy), Image.Resampling.BOX,
                                                box=(0, oy * sy - ly0, lw, oy1 * sy - ly0))
             out[oy:oy1] = np.asarray(img)
+
+        starts = range(0, out_h, rows)
+        if pool is None:
+            for oy in starts:
+                one(oy)
+        else:
+            for future in [pool.submit(one, oy) for oy in starts]:
+                future.result()
         return out
 
     def best_level_for(self, downsample: float) -> int:

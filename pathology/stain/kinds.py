@@ -16,12 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from skimage.color import rgb_from_hed
 
 log = logging.getLogger(__name__)
 
-HEMATOXYLIN_OD = rgb_from_hed[0] / np.linalg.norm(rgb_from_hed[0])
-DAB_OD = rgb_from_hed[2] / np.linalg.norm(rgb_from_hed[2])
+# Ruifrok & Johnston's OD vectors of hematoxylin and DAB (the rows 0 and 2 of
+# skimage.color.rgb_from_hed), written out: importing skimage.color costs a third of a
+# second of start-up (it pulls in scipy.linalg) for two constants.
+HEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29]) / np.linalg.norm([0.65, 0.70, 0.29])
+DAB_OD = np.array([0.27, 0.57, 0.78]) / np.linalg.norm([0.27, 0.57, 0.78])
 
 
 def order_he(vectors: np.ndarray) -> np.ndarray:

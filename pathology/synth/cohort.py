@@ -299,5 +299,6 @@ def make_cohort(out_dir: str | Path, *, n_slides: int = _DEFAULT.n_slides, n_pat
     inputs = [SlideInput(s.slide_id, out_dir / s.slide_path) for s in plan.slides]
     job = functools.partial(render_job, plan={s.slide_id: s for s in plan.slides})
     outcomes = run_batch(inputs, job, workers=max(1, min(workers, len(inputs))), unit="rows", console=console,
-                         total=sum(s.config.height for s in plan.slides), status=status_path(out_dir))
+                         total=sum(s.config.height for s in plan.slides), status=status_path(out_dir),
+                         clean=[out_dir])
     return CohortInfo(manifest, truth, plan.slides, outcomes)

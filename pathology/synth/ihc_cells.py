@@ -1,7 +1,10 @@
 """Synthetic IHC cell fields with exact per-cell truth, for checking IHC scoring.
 
-A patch of tumour-like cells (a jittered hexagonal packing, Voronoi cell borders) on
-glass, each cell drawn in one of four classes 0 / 1+ / 2+ / 3+ in set proportions:
+Tumour-like cells (a jittered hexagonal packing, Voronoi cell borders, ``cell_um`` apart: 10 µm
+packs the nuclei nearly touching, 20 µm leaves them sparse on pale cytoplasm), either as a
+patch on glass (``layout="patch"``) or filling the whole image like a microscope's field of
+view (``layout="field"``, no glass at all), each cell drawn in one of four classes
+0 / 1+ / 2+ / 3+ in set proportions:
 
 - ``nuclear`` (ER, PgR, Ki-67): the nucleus carries DAB at its class's decadic OD
   (:data:`NUCLEAR_DAB`, measured in the middle of each band of the default thresholds),
@@ -9,6 +12,9 @@ glass, each cell drawn in one of four classes 0 / 1+ / 2+ / 3+ in set proportion
 - ``membrane`` (HER2): nuclei are hematoxylin only and the cell border carries DAB:
   class 1+ faint and incomplete, 2+ moderate and complete, 3+ strong and complete
   (:data:`MEMBRANE`), classes in contiguous patches.
+
+A ``hotspot`` (centre and radius in µm) gives the cells inside it ``hotspot_fractions``
+instead, as a Ki-67 hotspot.
 
 Colour is made by Beer–Lambert from the standard hematoxylin and DAB vectors, with
 pixel noise and a slight optical blur, and stored as a pyramidal Aperio-style TIFF
@@ -31,10 +37,12 @@ from ..publish import publish_json, publishing
 
 SCHEMA = "pathology-synth-ihc-cells/1"
 COMPARTMENTS = ("nuclear", "membrane")
+LAYOUTS = ("patch", "field")
 NUCLEAR_DAB = (0.02, 0.29, 0.64, 1.25)
 """DAB OD inside a nucleus of class 0, 1+, 2+, 3+. Measured over a detected nucleus, whose
-blurred rim is included, the mean is about 15 % lower: 0.05, 0.25, 0.48, 0.86, the
-middle of each band of the default thresholds 0.15 / 0.35 / 0.6."""
+blurred rim is included, the mean is about 15 % lower (0.05, 0.25, 0.48, 0.86), and above the
+cytoplasm's 0.04 around it about 0.01, 0.21, 0.44, 0.82: the middle of each band of the
+default thresholds 0.1 / 0.3 / 0.55."""
 MEMBRANE = ((0.0, 0.0), (0.2, 0.4), (0.36, 1.0), (0.75, 1.0))
 """(DAB OD, share of the circumference stained) of the membrane of class 0, 1+, 2+, 3+.
 The membrane is 1.5 µm wide and blurred: its measured peak is about 0.13, 0.28, 0.65,
@@ -58,23 +66,36 @@ class CellFieldConfig:
     nucleus_um: float = 3.6
     tile_size: int = 256
     quality: int = 90
+    layout: str = "patch"
+    hotspot: tuple[float, float, float] | None = None     # centre x, y and radius, µm
+    hotspot_fractions: tuple[float, float, float, float] = (0.2, 0.3, 0.3, 0.2)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+        object.__setattr__(self, "hotspot_fractions", tuple(float(f) for f in self.hotspot_fractions))
         if self.compartment not in COMPARTMENTS:
             raise InputError(f"compartment must be one of {', '.join(COMPARTMENTS)}, got {self.compartment!r}")
-        if len(self.fractions) != 4 or min(self.fractions) < 0 or not np.isclose(sum(self.fractions), 1):
-            raise InputError(f"fractions must be 4 non-negative shares summing to 1, got {self.fractions}")
+        if self.layout not in LAYOUTS:
+            raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        for name in ("fractions", "hotspot_fractions"):
+            f = getattr(self, name)
+            if len(f) != 4 or min(f) < 0 or not np.isclose(sum(f), 1):
+                raise InputError(f"{name} must be 4 non-negative shares summing to 1, got {f}")
+        if self.hotspot is not None and self.compartment != "nuclear":
+            raise InputError("a hotspot is drawn for nuclear markers only")
         if min(self.width, self.height) < 256:
             raise InputError(f"a cell field must be at least 256x256 pixels, got {self.width}x{self.height}")
 
 
 def _seeds(cfg: CellFieldConfig, rng: np.random.Generator) -> np.ndarray:
-    """Cell centres (n, 2) as (x, y) pixels: a jittered hexagonal packing inside an ellipse."""
+    """Cell centres (n, 2) as (x, y) pixels: a jittered hexagonal packing inside an ellipse
+    (a patch) or over the whole image (a field)."""
     step = cfg.cell_um / cfg.mpp
     rows = np.arange(0, cfg.height, step * np.sqrt(3) / 2)
     pts = np.array([(x + (i % 2) * step / 2, y) for i, y in enumerate(rows) for x in np.arange(0, cfg.width, step)])
     pts += rng.normal(0, 0.08 * step, pts.shape)
+    if cfg.layout == "field":
+        return pts[(pts[:, 0] >= 0) & (pts[:, 0] <= cfg.width - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= cfg.height - 1)]
     cx, cy = cfg.width / 2, cfg.height / 2
     inside = ((pts[:, 0] - cx) / (0.44 * cfg.width)) ** 2 + ((pts[:, 1] - cy) / (0.44 * cfg.height)) ** 2 < 1
     return pts[inside]
@@ -101,17 +122,30 @@ def _classes(cfg: CellFieldConfig, seeds: np.ndarray, rng: np.random.Generator) 
     markers; in contiguous patches for membranes, since a cell's membrane lies against
     its neighbours' and staining is regional in real tumours (a lone negative cell among
     3+ cells would be ringed by their DAB)."""
-    n = len(seeds)
-    counts = np.floor(np.array(cfg.fractions) * n).astype(int)
-    counts[np.argmax(cfg.fractions)] += n - counts.sum()
     if cfg.compartment == "nuclear":
-        return rng.permutation(np.repeat(np.arange(4), counts))
+        classes = np.empty(len(seeds), np.int64)
+        hot = np.zeros(len(seeds), bool)
+        if cfg.hotspot is not None:
+            x, y, r = (v / cfg.mpp for v in cfg.hotspot)
+            hot = np.hypot(seeds[:, 0] - x, seeds[:, 1] - y) <= r
+        for where, fractions in ((~hot, cfg.fractions), (hot, cfg.hotspot_fractions)):
+            classes[where] = rng.permutation(np.repeat(np.arange(4), _shares(fractions, int(where.sum()))))
+        return classes
+    n = len(seeds)
+    counts = _shares(cfg.fractions, n)
     field = ndimage.gaussian_filter(rng.standard_normal((cfg.height // 8 + 1, cfg.width // 8 + 1)),
                                     2.5 * cfg.cell_um / cfg.mpp / 8)
     value = field[(seeds[:, 1] // 8).astype(int), (seeds[:, 0] // 8).astype(int)]
     classes = np.empty(n, int)
     classes[np.argsort(value, kind="stable")] = np.repeat(np.arange(4), counts)
     return classes
+
+
+def _shares(fractions: tuple[float, ...], n: int) -> np.ndarray:
+    """``n`` cells split in exactly these proportions (the remainder to the largest class)."""
+    counts = np.floor(np.array(fractions) * n).astype(int)
+    counts[np.argmax(fractions)] += n - counts.sum()
+    return counts
 
 
 def render_cell_field(cfg: CellFieldConfig) -> tuple[np.ndarray, dict]:

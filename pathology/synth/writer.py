@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import tifffile
 from PIL import Image
 
 from .. import __version__
-from ..publish import publish_text, publish_with, publishing
+from ..publish import publish_text, publish_with, publishing, temporary_folder
 from .config import SynthConfig
 from .level0 import Progress, level0_tiles
 from .pyramid import Spool, level_tiles, shrink_spool, thumbnail
@@ -80,7 +79,7 @@ def write_synthetic_slide(path: str | Path, config: SynthConfig = SynthConfig(),
     options = dict(tile=(t, t), compression="jpeg", compressionargs={"level": q}, photometric="rgb",
                    metadata=None, subfiletype=0)
     mag = f"{10 / config.mpp:g}"
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".synth-") as tmp:
+    with temporary_folder(path.parent, f"{path.name}.synth") as tmp:  # swept if this process is killed
         spools = {d: Spool(Path(tmp) / f"ds{d}.raw", w // d) for d in LEVEL_DOWNSAMPLES}
         level0 = level0_tiles(renderer, spools[4], progress, processes)
         try:

@@ -3,10 +3,15 @@ one chunk ahead of the consumer, never a whole level in memory.
 
 Patches arrive in grid order (sorted by y, then x), so once a chunk starts at tile
 row r no later patch needs a row above r: pieces above it are dropped from the cache.
+
+A corrupt tile (:class:`pathology.tiling.sources.CorruptTileError`) fails the read, or, with
+``on_bad_tile="skip"``, leaves every patch that touches it white and listed in
+:attr:`PatchReader.bad_patches`, for the caller to drop.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,9 +21,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..slide import Slide
+from ..errors import InputError
+from ..slide import Slide, SlideError
 from .grid import Grid
-from .sources import Piece, open_source
+from .sources import CorruptTileError, Piece, RegionSource, open_source, paste
+
+BAD_TILE_POLICIES = ("fail", "skip")
 
 T = TypeVar("T")
 
@@ -33,28 +41,41 @@ def level_boxes(coords: np.ndarray, size_level0: tuple[float, float],
     return exact, covering.astype(np.int64)
 
 
-def resize_patch(pixels: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+def resize_patch(pixels: np.ndarray, box: tuple[float, float, float, float], size: int,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """Cut the sub-pixel ``box`` out of ``pixels`` and resample it to ``size``² with an
-    anti-aliased filter (integer reductions use an exact box average)."""
+    anti-aliased filter (integer reductions use an exact box average), into ``out`` if given."""
+    out = np.empty((size, size, 3), np.uint8) if out is None else out
     h, w = pixels.shape[:2]
     x0, y0, x1, y1 = box
     if (w, h) == (size, size) and max(abs(x0), abs(y0), abs(x1 - w), abs(y1 - h)) < 1e-6:
-        return pixels
+        out[...] = pixels
+        return out
     fx, fy = (x1 - x0) / size, (y1 - y0) / size
     k = round(fx)
     if k >= 2 and abs(fx - k) < 1e-6 and abs(fy - k) < 1e-6 and max(abs(x0), abs(y0)) < 1e-6 \
             and (w, h) == (size * k, size * k):
         # exact k x k block average; OpenCV's SIMD area filter is ~5x faster than PIL's reduce
-        return cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA)
-    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS, box=box))
+        done = cv2.resize(pixels, (size, size), dst=out, interpolation=cv2.INTER_AREA)
+        if done is not out:  # OpenCV allocated its own result instead of filling ``out``
+            out[...] = done
+        return out
+    out[...] = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS, box=box))
+    return out
 
 
 class PatchReader:
     """Iterates a slide's grid patches as uint8 batches (n, S, S, 3) at the target µm/px."""
 
-    def __init__(self, slide: Slide, grid: Grid, patch_size: int, threads: int = 2, chunk: int = 64):
+    def __init__(self, slide: Slide, grid: Grid, patch_size: int, threads: int = 2, chunk: int = 64,
+                 on_bad_tile: str = "fail"):
+        if on_bad_tile not in BAD_TILE_POLICIES:
+            raise InputError(f"--on-bad-tile must be one of {', '.join(BAD_TILE_POLICIES)}, got {on_bad_tile!r}")
         self.slide, self.grid, self.size = slide, grid, patch_size
         self.threads, self.chunk = max(1, threads), max(1, chunk)
+        self.skip = on_bad_tile == "skip"
+        self.bad_patches: dict[int, dict] = {}  # grid index -> the bad tile it touches (skip)
+        self._bad_lock = threading.Lock()
         self.exact, self.covering = level_boxes(grid.coords, grid.patch_size_level0,
                                                 slide.level_downsample_xy(grid.read_level))
         self.source = open_source(slide, grid.read_level)
@@ -76,9 +97,14 @@ class PatchReader:
         parallel with decoding; its result is yielded instead of the batch.
 
         Work is handed to the threads in a few groups per chunk, not per tile: a task
-        per 0.3-ms tile would spend a third of the time in the executor.
+        per 0.3-ms tile would spend a third of the time in the executor. A piece that only
+        one patch needs is decoded by that patch's own task, right before it is copied and
+        resampled, while its pixels are still in the core's cache (decoding a whole group of
+        tiles first, to memory, costs a quarter more); shared pieces are decoded once, ahead,
+        and kept until no later patch needs them.
         """
         cache: dict[tuple, _Slot] = {}
+        single = self.source.single_use(self.covering[indices])
         with ThreadPoolExecutor(self.threads, thread_name_prefix="decode") as pool:
             pending: list[tuple[int, Future]] = []
             for start in range(0, len(indices), self.chunk):
@@ -88,11 +114,12 @@ class PatchReader:
                 for key in [k for k, slot in cache.items() if slot.piece.box[3] <= top]:
                     del cache[key]
                 plans = self.source.plan(boxes)
-                new = list({p.key: p for plan in plans for p in plan if p.key not in cache}.values())
+                new = list({p.key: p for plan in plans for p in plan
+                            if p.key not in cache and p.key not in single}.values())
                 for group in _split(new, self.threads):
                     loaded = pool.submit(_load_all, group)
                     cache.update({p.key: _Slot(p, loaded, j) for j, p in enumerate(group)})
-                work = [(int(i), [cache[p.key] for p in plan]) for i, plan in zip(idx, plans)]
+                work = [(int(i), [cache.get(p.key, p) for p in plan]) for i, plan in zip(idx, plans)]
                 offset = start
                 submitted = []
                 for part in _split(work, self.threads):
@@ -102,27 +129,59 @@ class PatchReader:
                 pending = submitted
             yield from ((o, f.result()) for o, f in pending)
 
-    def _assemble_all(self, work: list[tuple[int, list[_Slot]]], transform):
-        batch = np.stack([self._assemble(i, slots) for i, slots in work])
+    def _assemble_all(self, work: list[tuple[int, list[_Slot | Piece]]], transform):
+        batch = np.empty((len(work), self.size, self.size, 3), np.uint8)
+        for j, (i, slots) in enumerate(work):
+            self._assemble(i, slots, batch[j])
         return transform(batch) if transform else batch
 
-    def _assemble(self, i: int, slots: list[_Slot]) -> np.ndarray:
-        """Copy patch ``i``'s covering box out of the loaded pieces (white outside the
-        level) and resample it to the target size. Runs on a worker thread; the pieces
-        it waits for were submitted earlier, so they are already running."""
+    def _assemble(self, i: int, sources: list[_Slot | Piece], out: np.ndarray) -> None:
+        """Copy patch ``i``'s covering box out of its pieces (white outside the level) and
+        resample it into ``out``. Runs on a worker thread: it decodes its own pieces one at a
+        time, each copied out at once; the shared ones it waits for were submitted earlier,
+        so they are already running. A piece that cannot be read fails the read, or (skip)
+        leaves the patch white and listed in :attr:`bad_patches`."""
         x0, y0, x1, y1 = (int(v) for v in self.covering[i])
-        out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
-        lw, lh = self.slide.level_dimensions[self.grid.read_level]
-        for slot in slots:
-            px0, py0, px1, py1 = slot.piece.box
-            ix0, iy0, ix1, iy1 = max(x0, px0), max(y0, py0), min(x1, px1), min(y1, py1)
-            data = slot.pixels()
-            # A decoded edge tile may be padded beyond the level: clip to what it holds.
-            ix1, iy1 = min(ix1, px0 + data.shape[1], lw), min(iy1, py0 + data.shape[0], lh)
-            if ix0 < ix1 and iy0 < iy1:
-                out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = data[iy0 - py0:iy1 - py0, ix0 - px0:ix1 - px0]
+        limit = lw, lh = self.slide.level_dimensions[self.grid.read_level]
+        shape = (y1 - y0, x1 - x0, 3)
+        # The pieces tile the box within the level (paste whitens what a short piece lacks).
+        inside = x0 >= 0 and y0 >= 0 and x1 <= lw and y1 <= lh
+        region = np.empty(shape, np.uint8) if inside else np.full(shape, 255, np.uint8)
+        for item in sources:
+            piece = item.piece if isinstance(item, _Slot) else item
+            try:
+                pixels = item.pixels() if isinstance(item, _Slot) else item.borrowed()
+            except SlideError as exc:
+                if not self.skip:
+                    raise
+                if not self._readable_alone(i, piece, region, (x0, y0), limit, exc):
+                    out[...] = 255
+                    return
+                continue
+            paste(region, (x0, y0), piece.box, pixels, limit)
         ex = self.exact[i]
-        return resize_patch(out, (ex[0] - x0, ex[1] - y0, ex[2] - x0, ex[3] - y0), self.size)
+        resize_patch(region, (ex[0] - x0, ex[1] - y0, ex[2] - x0, ex[3] - y0), self.size, out)
+
+    def _readable_alone(self, i: int, piece: Piece, region: np.ndarray, origin: tuple[int, int],
+                        limit: tuple[int, int], exc: SlideError) -> bool:
+        """Skip mode, after ``piece`` failed for patch ``i``: a backend band that failed is
+        read again as this patch's own box (one bad tile should not cost the band's other
+        patches). False, with the patch recorded as bad, when the patch cannot be read."""
+        if isinstance(exc, CorruptTileError):
+            record = exc.tile
+        else:
+            x0, y0 = origin
+            h, w = region.shape[:2]
+            bad: list[dict] = []
+            pixels = self.source.region(x0, y0, w, h, bad) if isinstance(self.source, RegionSource) else None
+            if pixels is not None and not bad:
+                region[...] = pixels
+                return True
+            record = bad[0] if bad else {"level": self.grid.read_level, "box": list(piece.box),
+                                         "error": getattr(exc, "message", str(exc))}
+        with self._bad_lock:
+            self.bad_patches[i] = record
+        return False
 
     def close(self) -> None:
         self.source.close()
@@ -143,11 +202,22 @@ class _Slot:
     index: int
 
     def pixels(self) -> np.ndarray:
-        return self.group.result()[self.index]
+        """The piece's pixels; the error that loading it raised, if it did."""
+        loaded = self.group.result()[self.index]
+        if isinstance(loaded, SlideError):
+            raise loaded
+        return loaded
 
 
-def _load_all(pieces: list[Piece]) -> list[np.ndarray]:
-    return [p.load() for p in pieces]
+def _load_all(pieces: list[Piece]) -> list[np.ndarray | SlideError]:
+    """Each piece's pixels, or the error reading it raised (for the patches that need it to raise)."""
+    out: list[np.ndarray | SlideError] = []
+    for p in pieces:
+        try:
+            out.append(p.load())
+        except SlideError as exc:
+            out.append(exc)
+    return out
 
 
 def _split(items: list, parts: int) -> list[list]:

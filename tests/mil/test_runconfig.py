@@ -95,9 +95,14 @@ def test_the_legacy_run_loads_as_an_upgraded_config():
     assert config.manifest.sha256 == hashlib.sha256((LEGACY / "manifest.csv").read_bytes()).hexdigest()
     assert config.feature_attrs.encoder == LEGACY_ENCODER and config.feature_attrs.dim == LEGACY_DIM
     assert config.tile_params["grid"] == {"min_tissue": 0.5, "overlap": 0, "patch_size": 256, "target_mpp": 0.5}
-    # written back, the upgraded config is the file plus its schema and the keys of later versions:
-    # no key lost, renamed or changed
-    assert drop_later_keys(config.to_json()) == {"schema": SCHEMA, **legacy_json()}
+    # written back, the upgraded config is the file plus its schema and the keys added since 0.1.0,
+    # those at the values that reproduce what 0.1.0 did: no key lost, renamed or changed
+    written = config.to_json()
+    assert drop_later_keys(written) == {"schema": SCHEMA, **legacy_json()}
+    added_since = {"threads": None, "kinds": {}, "covariates": [], "level": "slide", "refit": False, "inner_folds": 1,
+                   "scaling": "standard", "class_balance": True}
+    assert {k: written["train"][k] for k in added_since} == added_since
+    assert (written["level"], written["covariates"]) == ("slide", [])
 
 
 LATER_KEYS = {"": ("level", "covariates"), "heads": ("classes",), "folds": ("targets", "covariates"),

@@ -8,6 +8,7 @@ import pytest
 
 from pathology.embed import staging
 from pathology.embed.staging import StagedCopy, kernel_copy
+from pathology.errors import StorageError
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_a_failed_copy_is_raised_by_ready(bag, monkeypatch):
 
     monkeypatch.setattr(staging, "kernel_copy", broken)
     staged = StagedCopy(bag)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageError, match=f"cannot write {bag}: the disk is full"):  # the bag, not its copy
         staged.ready()
     staged.discard()
 

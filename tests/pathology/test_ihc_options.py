@@ -69,9 +69,12 @@ def test_fitted_stain_matrix_reads_an_off_standard_dab_hue(off_hue_field, tmp_pa
     assert fitted["cells"] == pytest.approx(truth["cells"], rel=0.03)
     assert abs(fitted["percent_positive"] - truth["percent_positive"]) <= 5
     assert abs(fitted["h_score"] - truth["h_score"]) <= 20
-    # the fixed matrix projects the turned DAB partly onto hematoxylin: nuclei read weaker
-    assert truth["h_score"] - standard["h_score"] > 30
-    assert truth["percent_positive"] - standard["percent_positive"] > 5
+    # the fixed matrix projects the turned DAB partly onto hematoxylin: nuclei read weaker, and the fit
+    # (within 20 above) is at least twice as close to the truth
+    assert truth["h_score"] - standard["h_score"] > 20
+    assert abs(truth["h_score"] - standard["h_score"]) > 2 * abs(truth["h_score"] - fitted["h_score"])
+    # (percent positive is not asserted for the standard matrix: its positive/negative cut is set from the
+    # slide's own DAB range, which the projection scales down together with the nuclei)
 
 
 def test_fitted_stain_matrix_finds_no_positives_on_a_dab_negative_slide(tmp_path):

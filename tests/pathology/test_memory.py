@@ -39,6 +39,7 @@ print(json.dumps({"applied": applied,
                   "trimmed": during.arena - after.arena}))
 """
 BLOCK = 64 << 20
+SMALL = 1 << 20          # far below the block: what the interpreter itself may allocate meanwhile
 
 
 def allocation(mode: str) -> dict:
@@ -52,7 +53,8 @@ def test_a_freed_batch_buffer_stays_for_reuse():
     assert not default["applied"]
     # by default the 64 MB block is mmapped on its own and unmapped on free
     assert default["mmapped"] >= BLOCK and default["unmapped"] == default["mmapped"]
-    assert default["heap_used"] == 0 and default["kept_free"] == 0
+    # (the heap may move by a few bytes for numpy's own bookkeeping, never by the block)
+    assert default["heap_used"] < SMALL and default["kept_free"] < SMALL
     kept = allocation("on")
     assert kept["applied"]
     # with reuse_freed_memory it comes from the heap and stays there, free, for the next batch

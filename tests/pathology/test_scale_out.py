@@ -40,6 +40,16 @@ def slides(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture
+def eight(slides, tmp_path) -> Path:
+    """Eight slides (copies of the four): a batch long enough to interrupt."""
+    many = tmp_path / "slides"
+    many.mkdir()
+    for i in range(8):
+        shutil.copy(slides / f"s{i % 4}.svs", many / f"c{i}.svs")
+    return many
+
+
 def bag_content(path: Path) -> dict:
     """Every dataset's bytes and every attribute of a bag but its creation time."""
     out = {}
@@ -111,11 +121,8 @@ def test_two_drivers_on_one_output_tile_each_slide_once(slides, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_killed_driver_is_rerun_to_the_clean_result(slides, tmp_path):
-    many = tmp_path / "slides"
-    many.mkdir()
-    for i in range(8):
-        shutil.copy(slides / f"s{i % 4}.svs", many / f"c{i}.svs")
+def test_a_killed_driver_is_rerun_to_the_clean_result(eight, tmp_path):
+    many = eight
     clean = tmp_path / "clean"
     assert invoke("tile", many, "--out", clean, "--stain", "macenko").exit_code == 0
     out = tmp_path / "killed"
@@ -137,11 +144,8 @@ def test_a_killed_driver_is_rerun_to_the_clean_result(slides, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_cluster_losing_a_node_mid_batch_still_finishes_every_slide(slides, tmp_path):
-    many = tmp_path / "slides"
-    many.mkdir()
-    for i in range(8):
-        shutil.copy(slides / f"s{i % 4}.svs", many / f"c{i}.svs")
+def test_a_cluster_losing_a_node_mid_batch_still_finishes_every_slide(eight, tmp_path):
+    many = eight
     out = tmp_path / "bags"
     done = subprocess.run([sys.executable, "-m", "tests.pathology.cluster_batch", str(many), str(out)],
                           capture_output=True, text=True, timeout=800, cwd=Path(__file__).parents[2])

@@ -110,7 +110,7 @@ def test_each_tile_decoded_once(tmp_path, monkeypatch):
     decoded: list[int] = []
     original = sources.TiffTileSource._decode
     monkeypatch.setattr(sources.TiffTileSource, "_decode",
-                        lambda self, index: decoded.append(index) or original(self, index))
+                        lambda self, index, out=None: decoded.append(index) or original(self, index, out))
     with open_slide(path) as slide:
         # 0.37 µm/px patches straddle tile borders, so neighbours share tiles
         grid = full_grid(slide, GridSpec(target_mpp=0.37, patch_size=100, min_tissue=0.0))
