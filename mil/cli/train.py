@@ -72,8 +72,8 @@ def train_command(
                                                                "Cox head).")] = DEFAULTS.batch_size,
     patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation loss before "
                                                       "stopping.")] = DEFAULTS.patience,
-    refit: Annotated[bool, typer.Option(help="Refit on all training bags for the epoch count chosen on the inner "
-                                             "validation split (--no-refit: keep the early-stopped model).")]
+    refit: Annotated[bool, typer.Option(help="Refit on all training bags for the epoch count chosen on 3 inner "
+                                             "splits (--no-refit: keep the early-stopped model of one split).")]
     = DEFAULTS.refit,
     scaling: Annotated[Scaling, typer.Option(help="Input features: robust (median/IQR, clipped) or standard "
                                                   "(mean/sd), fitted on each fold's training bags.")]
