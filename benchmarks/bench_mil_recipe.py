@@ -200,6 +200,8 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also the plain ABMIL reference (slow)")
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--quick", action="store_true", help="one seed, 3 folds, one data set; RESULTS.md untouched")
+    parser.add_argument("--table-only", action="store_true", help="train nothing: the table of the runs already "
+                                                                      "complete (an interrupted benchmark)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     sets = args.sets.split(",")
@@ -226,19 +228,26 @@ def main() -> None:
                 out = WORK / "runs" / f"{name}__plain__f{args.folds}_s{seed}"
                 jobs.append((name, "plain ABMIL (paper)", seed,
                              lambda f=folder, o=out, s=seed: plain_abmil(f, s, args.folds, o), out))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: job[3](), jobs))
+    if args.table_only:
+        results = [json.loads((job[4] / "metrics.json").read_text()) if (job[4] / "metrics.json").exists() else None
+                   for job in jobs]
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda job: job[3](), jobs))
     rows = []
     for name in sets:
         for recipe in names:
-            picked = [(job, r) for job, r in zip(jobs, results) if job[0] == name and job[1] == recipe]
+            picked = [(job, r) for job, r in zip(jobs, results) if job[0] == name and job[1] == recipe and r]
             values = {m: [v for _, r in picked for v in fold_values(r, m)] for m in ("accuracy", "auc",
                                                                                      "balanced_accuracy")}
-            seconds = [float((job[4] / "seconds.txt").read_text()) for job, _ in picked]
-            rows.append([name, recipe, summary(values["accuracy"]), summary(values["auc"]),
-                         summary(values["balanced_accuracy"]), f"{np.mean(seconds):.0f}"])
+            seconds = [float((job[4] / "seconds.txt").read_text()) for job, _ in picked
+                       if (job[4] / "seconds.txt").exists()]
+            done = f"{', '.join(str(job[2]) for job, _ in picked) or 'none'} ({len(values['auc'])} folds)"
+            rows.append([name, recipe, done, summary(values["accuracy"]), summary(values["auc"]),
+                         summary(values["balanced_accuracy"]), f"{np.mean(seconds):.0f}" if seconds else "n/a"])
             print(rows[-1], flush=True)
-    table = markdown_table(["data set", "recipe", "accuracy", "AUC", "balanced accuracy", "s per run"], rows)
+    table = markdown_table(["data set", "recipe", "seeds (test folds)", "accuracy", "AUC", "balanced accuracy",
+                            "s per run"], rows)
     load_end, minutes = os.getloadavg(), (time.perf_counter() - t0) / 60
     loads = (f"{load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f} (1/5/15 min) at the start, "
              f"{load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f} at the end")
@@ -253,6 +262,9 @@ benchmark fits the machine); "before, paper optimiser" adds the ABMIL paper's `{
 probability.
 
 {table}"""
+    if args.table_only:
+        body += (f"\n\nAn interrupted benchmark (`--table-only`): each row holds the seeds whose {args.folds} folds "
+                 "were complete; the load average and minutes above are of the table's writing, not of the runs.")
     print(body)
     if args.quick:
         print("(quick run: RESULTS.md not updated)")
