@@ -38,14 +38,16 @@ class RichProgress(TrainProgress):
 
     def start_fold(self, fold: int, n_train: int, n_val: int, n_test: int) -> None:
         self.bars.reset(self.epochs, total=self.epochs_total, description=f"fold {fold} epochs",
-                        detail=f"{n_train} train / {n_val} val / {n_test} test slides")
+                        detail=f"{n_train} train / {n_val} val / {n_test} test cases")
+
+    def start_stage(self, fold: int, stage: str, epochs: int) -> None:
+        self.bars.reset(self.epochs, total=epochs, description=f"fold {fold} {stage}", detail="")
 
     def end_epoch(self, fold: int, epoch: int, train_loss: float, val_loss: float, best: bool) -> None:
-        self.bars.update(self.epochs, completed=epoch + 1,
-                         detail=f"loss {train_loss:.4f}, val {val_loss:.4f}{' (best)' if best else ''}")
+        val = f", val {val_loss:.4f}{' (best)' if best else ''}" if math.isfinite(val_loss) else ""
+        self.bars.update(self.epochs, completed=epoch + 1, detail=f"loss {train_loss:.4f}{val}")
 
     def end_fold(self, fold: int, best_epoch: int, stopped_early: bool) -> None:
-        self.bars.update(self.epochs, completed=self.epochs_total)
         self.bars.advance(self.folds)
         log.info("fold %d: best epoch %d%s", fold, best_epoch + 1, " (stopped early)" if stopped_early else "")
 

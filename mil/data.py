@@ -235,7 +235,9 @@ def _check_values(path: Path, x: np.ndarray) -> None:
 
 
 class BagDataset(torch.utils.data.Dataset):
-    """One item per slide of a cohort: its instance features, labels and instance indices.
+    """One item per case of a cohort (a slide, or a patient after
+    :meth:`mil.manifest.Cohort.by_patient`, whose slides' instances are pooled into one bag):
+    its instance features, labels and instance indices.
 
     ``max_instances`` draws a random subset without replacement from bags larger than it,
     reproducibly from (seed, epoch, row); pass None for evaluation. ``in_memory`` reads
@@ -259,15 +261,24 @@ class BagDataset(torch.utils.data.Dataset):
         if missing:
             raise BagError(f"{cohort.source}: no bag located for {len(missing)} slide(s) "
                              f"(first: {missing[0]}); load the manifest with bags_dir")
-        self.paths = [Path(table.at[r, "bag_path"]) for r in self.rows]
+        # a case's bag files: one per slide (several for a patient)
+        self.files = [tuple(map(Path, p)) if isinstance(p, tuple) else (Path(p),)
+                      for p in (table.at[r, "bag_path"] for r in self.rows)]
+        self.paths = [f[0] for f in self.files]
         self._labels = {t.name: cohort.labels(t.name) for t in cohort.tasks}
         self._cache: list[np.ndarray] | None = None
         if in_memory:
-            self._cache = [read_features(p, features).features for p in self.paths]
+            self._cache = [_concat([read_features(p, features).features for p in f]) for f in self.files]
             dims = {i: x.shape[1] for i, x in enumerate(self._cache)}
         else:  # headers only; .pt files would have to be loaded whole, so only the first is
-            dims = {i: probe_bag(p, features)[1] for i, p in enumerate(self.paths)
-                    if p.suffix != ".pt" or i == 0}
+            dims = {}
+            for i, files in enumerate(self.files):
+                for p in files:
+                    if p.suffix == ".pt" and i != 0:
+                        continue
+                    d = probe_bag(p, features)[1]
+                    if dims.setdefault(i, d) != d:
+                        raise BagError(f"{p}: features have dimension {d}, but {files[0]} has {dims[i]}")
         self._dim = dims.get(0, 0)
         for i, d in dims.items():
             if d != self._dim:
@@ -298,11 +309,25 @@ class BagDataset(torch.utils.data.Dataset):
             x = self._cache[i]
             index = self.instance_index(i, len(x))
             x = x if len(index) == len(x) else x[index]
-        else:
-            bag, index = _read(self.paths[i], self.features, lambda n: self.instance_index(i, n))
+        elif len(self.files[i]) == 1:
+            bag, index = _read(self.files[i][0], self.features, lambda n: self.instance_index(i, n))
             x = bag.features
+        else:  # a patient's slides: read whole, pooled, then subsampled as one bag
+            x = _concat([_read(p, self.features)[0].features for p in self.files[i]])
+            index = self.instance_index(i, len(x))
+            x = x if len(index) == len(x) else x[index]
         if x.shape[1] != self._dim:
             raise BagError(f"{self.paths[i]}: features have dimension {x.shape[1]}, expected {self._dim}")
         labels = {name: torch.tensor(values[row], dtype=torch.float32) for name, values in self._labels.items()}
         return {"x": torch.from_numpy(x), "row": row, "slide_id": str(self.cohort.table.at[row, "slide_id"]),
                 "index": torch.from_numpy(index.astype(np.int64)), "labels": labels}
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    """One bag of several slides' instances (in slide order); the first when there is one."""
+    if len(parts) == 1:
+        return parts[0]
+    dims = {p.shape[1] for p in parts}
+    if len(dims) > 1:
+        raise BagError(f"a patient's slides have features of different dimensions ({sorted(dims)})")
+    return np.concatenate(parts, axis=0)

@@ -1,9 +1,13 @@
-"""Evaluation metrics for binary and survival tasks, per fold and pooled, with bootstrap CIs.
+"""Evaluation metrics of every task kind, per fold and pooled, with bootstrap CIs.
 
 Binary tasks: AUC, balanced accuracy, F1 and accuracy (the last three at a threshold on the
-predicted probability, 0.5 by default). Survival: Harrell's concordance index of the
-predicted risk. Unknown labels (NaN) are excluded per task. A metric that is undefined on
-some data (one class only, no comparable pairs) is NaN with a logged warning, never a crash.
+predicted probability, 0.5 by default). Multi-class tasks (the score is the (n, K) matrix of
+class probabilities; the call is the most probable class): macro one-vs-rest AUC, balanced
+accuracy (mean recall of the classes), macro F1 and accuracy, and the pooled confusion
+matrix. Regression: Pearson and Spearman correlation and the mean absolute error.
+Survival: Harrell's concordance index of the predicted risk. Unknown labels (NaN) are
+excluded per task. A metric that is undefined on some data (one class only, no comparable
+pairs, a constant prediction) is NaN with a logged warning, never a crash.
 
 The summary of one task (``summarize_task``) is the structure written to ``metrics.json``::
 
@@ -95,17 +99,107 @@ def c_index(time: np.ndarray, risk: np.ndarray, event: np.ndarray | None, thresh
         raise UndefinedMetricError("c-index: no comparable pairs") from None
 
 
+def _classes(label: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer labels and the argmax call of a multi-class score matrix (n, K)."""
+    return np.asarray(label).astype(int), np.asarray(score).argmax(axis=1)
+
+
+def macro_auc(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None,
+              threshold: float = THRESHOLD) -> float:
+    """Mean over classes of the one-vs-rest AUC of the class's probability, over the classes
+    that have both members and non-members among the labels."""
+    label = np.asarray(label).astype(int)
+    values = [auc(label == k, score[:, k]) for k in range(score.shape[1]) if 0 < (label == k).sum() < label.size]
+    if not values:
+        raise UndefinedMetricError("macro AUC needs at least two classes among the labels")
+    return float(np.mean(values))
+
+
+def multiclass_balanced_accuracy(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None,
+                                 threshold: float = THRESHOLD) -> float:
+    """Mean recall of the classes present among the labels."""
+    label, call = _classes(label, score)
+    present = np.unique(label)
+    if present.size < 2:
+        raise UndefinedMetricError("balanced accuracy needs at least two classes")
+    return float(np.mean([(call[label == k] == k).mean() for k in present]))
+
+
+def macro_f1(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None,
+             threshold: float = THRESHOLD) -> float:
+    """Mean F1 over the classes present among the labels (0 for one never called)."""
+    label, call = _classes(label, score)
+    present = np.unique(label)
+    if present.size == 0:
+        raise UndefinedMetricError("F1 of no labels")
+    return float(np.mean([2 * ((call == k) & (label == k)).sum() / ((call == k).sum() + (label == k).sum())
+                          for k in present]))
+
+
+def multiclass_accuracy(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None,
+                        threshold: float = THRESHOLD) -> float:
+    """Share of cases whose most probable class is theirs."""
+    label, call = _classes(label, score)
+    if label.size == 0:
+        raise UndefinedMetricError("accuracy of no labels")
+    return float((call == label).mean())
+
+
+def confusion_matrix(label: np.ndarray, score: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts (K, K): row = true class, column = called class."""
+    label, call = _classes(label, score)
+    out = np.zeros((n_classes, n_classes), int)
+    np.add.at(out, (label, call), 1)
+    return out
+
+
+def _varied(value: np.ndarray, score: np.ndarray) -> None:
+    if value.size < 3:
+        raise UndefinedMetricError(f"a correlation needs at least 3 cases ({value.size})")
+    if np.ptp(value) == 0 or np.ptp(score) == 0:
+        raise UndefinedMetricError("a correlation of a constant is undefined")
+
+
+def pearson(value: np.ndarray, score: np.ndarray, event: np.ndarray | None = None,
+            threshold: float = THRESHOLD) -> float:
+    """Pearson correlation of the predicted and true values."""
+    value, score = np.asarray(value, np.float64), np.asarray(score, np.float64)
+    _varied(value, score)
+    return float(np.corrcoef(value, score)[0, 1])
+
+
+def spearman(value: np.ndarray, score: np.ndarray, event: np.ndarray | None = None,
+             threshold: float = THRESHOLD) -> float:
+    """Spearman rank correlation (Pearson of the midranks)."""
+    value, score = np.asarray(value, np.float64), np.asarray(score, np.float64)
+    _varied(value, score)
+    return float(np.corrcoef(_midranks(value), _midranks(score))[0, 1])
+
+
+def mae(value: np.ndarray, score: np.ndarray, event: np.ndarray | None = None, threshold: float = THRESHOLD) -> float:
+    """Mean absolute error, in the target's unit."""
+    value = np.asarray(value, np.float64)
+    if value.size == 0:
+        raise UndefinedMetricError("MAE of no values")
+    return float(np.abs(np.asarray(score, np.float64) - value).mean())
+
+
 METRICS: dict[str, dict[str, Metric]] = {
     "binary": {"auc": auc, "balanced_accuracy": balanced_accuracy, "f1": f1, "accuracy": accuracy},
+    "multiclass": {"auc": macro_auc, "balanced_accuracy": multiclass_balanced_accuracy, "f1": macro_f1,
+                   "accuracy": multiclass_accuracy},
+    "regression": {"pearson": pearson, "spearman": spearman, "mae": mae},
     "survival": {"c_index": c_index},
 }
 
 
 def known(label: np.ndarray, score: np.ndarray, event: np.ndarray | None = None,
           groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Drop rows with an unknown label (NaN label, or NaN event for survival) or a NaN score."""
+    """Drop rows with an unknown label (NaN label, or NaN event for survival) or a NaN score
+    (a multi-class score is a row of probabilities)."""
     label, score = np.asarray(label, dtype=np.float64), np.asarray(score, dtype=np.float64)
-    keep = np.isfinite(label) & np.isfinite(score)
+    finite = np.isfinite(score) if score.ndim == 1 else np.isfinite(score).all(axis=1)
+    keep = np.isfinite(label) & finite
     if event is not None:
         event = np.asarray(event, dtype=np.float64)
         keep &= np.isfinite(event)
@@ -175,11 +269,14 @@ def summarize_task(kind: str, folds: Sequence[dict[str, float]], label: np.ndarr
     """
     pooled = compute(kind, label, score, event, where=f"{where} (pooled)" if where else "pooled", threshold=threshold)
     ci = bootstrap_ci(kind, label, score, event, groups, n_boot=n_boot, seed=seed, threshold=threshold)
-    lab, _, ev, _ = known(label, score, event)
+    lab, sc, ev, _ = known(label, score, event)
     summary: dict = {"kind": kind, "n": int(lab.size)}
     if kind == "binary":
         summary["n_positive"] = int((lab == 1).sum())
-    else:
+    elif kind == "multiclass":
+        summary["n_per_class"] = np.bincount(lab.astype(int), minlength=np.shape(score)[1]).tolist()
+        summary["confusion"] = confusion_matrix(lab, sc, np.shape(score)[1]).tolist()
+    elif kind == "survival":
         summary["n_events"] = int((ev == 1).sum())
     summary["metrics"] = {}
     for name in METRICS[kind]:

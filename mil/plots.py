@@ -1,4 +1,5 @@
-"""Figures of a run: ROC curves per binary task and Kaplan-Meier curves of predicted risk groups.
+"""Figures of a run: ROC curves per binary task, the confusion matrix of a multi-class task,
+predicted against true values of a regression task, and Kaplan-Meier curves of predicted risk groups.
 
 Matplotlib's Agg backend only (no display needed); each figure is written to a PNG and closed.
 """
@@ -109,6 +110,59 @@ def plot_km(path: str | Path, task: str, time: np.ndarray, event: np.ndarray, ri
         fig.tight_layout()
         _save(fig, path)
     return p_value
+
+
+def plot_confusion(path: str | Path, task: str, counts: np.ndarray, classes: Sequence[str], *,
+                   balanced_accuracy: float = math.nan, auc: float = math.nan, title: str | None = None) -> Path:
+    """The confusion matrix ``counts`` (row = true class, column = called class): each cell's
+    count and its share of the true class (the row), shaded by that share."""
+    path = Path(path)
+    counts = np.asarray(counts, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(classes)
+    with plt.rc_context(STYLE):
+        size = 2.2 + 0.9 * k
+        fig, ax = plt.subplots(figsize=(size + 1.0, size))
+        image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{int(counts[i, j])}\n{shares[i, j]:.0%}", ha="center", va="center", fontsize=9,
+                        color="white" if shares[i, j] > 0.6 else "black")
+        ax.set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes, xlabel="Called class",
+               ylabel="True class")
+        ax.spines[:].set_visible(False)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+        stats = ", ".join(x for x in (f"balanced accuracy {balanced_accuracy:.3f}" if math.isfinite(balanced_accuracy)
+                                      else "", f"macro AUC {auc:.3f}" if math.isfinite(auc) else "") if x)
+        ax.set_title(title or f"Confusion matrix — {task}  (n = {int(counts.sum())})" + (f"\n{stats}" if stats else ""))
+        fig.tight_layout()
+        _save(fig, path)
+    return path
+
+
+def plot_scatter(path: str | Path, task: str, value: np.ndarray, predicted: np.ndarray, *, pearson: float = math.nan,
+                 spearman: float = math.nan, mae: float = math.nan, title: str | None = None) -> Path:
+    """Predicted against true values (unknown ones dropped), with the identity line and the metrics."""
+    path = Path(path)
+    value, predicted = _known(value, predicted)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.6, 5.4))
+        ax.scatter(value, predicted, s=18, alpha=0.7, color="tab:blue", edgecolor="none")
+        if value.size:
+            low, high = float(min(value.min(), predicted.min())), float(max(value.max(), predicted.max()))
+            ax.plot([low, high], [low, high], ls="--", lw=1, color="0.5", label="predicted = true")
+            ax.legend(loc="upper left", frameon=False)
+        text = "\n".join(f"{name} {v:.3f}" for name, v in (("Pearson r", pearson), ("Spearman ρ", spearman),
+                                                            ("MAE", mae)) if math.isfinite(v))
+        if text:
+            ax.text(0.98, 0.04, text, transform=ax.transAxes, fontsize=10, va="bottom", ha="right",
+                    bbox={"boxstyle": "round", "fc": "white", "ec": "0.8"})
+        ax.set(xlabel=f"True {task}", ylabel=f"Predicted {task}")
+        ax.set_title(title or f"Predicted vs true — {task}  (n = {value.size})")
+        ax.grid(alpha=0.25)
+        fig.tight_layout()
+        _save(fig, path)
+    return path
 
 
 def _fmt_p(p: float) -> str:

@@ -1,14 +1,21 @@
 """Apply a trained run (every fold model of ``mil train``) to bags: scores per task and
 per-instance attention, averaged over the fold models.
 
-Shared by ``mil predict`` and, later, ``pathology run`` / heatmaps:
+Shared by ``mil predict``, ``pathology run`` and ``pathology heatmap --model``:
 
     run = load_run("runs/er")                  # config.json (RunConfig) + fold_<k>/model.safetensors
     scores, attention = predict_bag(run, x)    # x: (N, in_dim) features of one bag
 
-A binary task's score is the mean of the fold models' probabilities; a survival task's is
-the mean of their risks (higher = worse). Attention is the mean of the fold models'
-per-instance attention, in the bag's row order (the order of its ``/coords``).
+A binary task's score is the mean of the fold models' probabilities; a multi-class task's
+the mean of their class probabilities (a tuple; the call is the most probable class); a
+regression task's the mean of their values; a survival task's the mean of their risks
+(higher = worse). Attention is the mean of the fold models' per-instance attention, in the
+bag's row order (the order of its ``/coords``); a multi-class task also has one map per
+class (``<task>=<class>``, where the model gives them: :class:`mil.models.MILOutput`).
+
+A run trained with clinical covariates needs each case's values (``covariates``: column ->
+value); each fold model encodes them with its own fold's fitted encoding. A patient-level run
+predicts one bag pooling all of a patient's slides (:func:`predict_files`).
 """
 
 from __future__ import annotations
@@ -33,13 +40,16 @@ from pathology.inputs import SlideInput
 from pathology.publish import publishing
 from pathology.table import read_table
 
+from . import covariates as C
 from .calibration import calibrated
 from .data import BAG_SUFFIXES, CLAM_SUBDIRS, BagError, find_bag, read_features
+from .labels import LabelSpec
 from .manifest import Cohort, load_manifest
 from .models import Head, MILModel, create_model
 from .runconfig import CONFIG_NAME, RunConfig, RunError
-from .runfolder import PREDICTION_COLUMNS, write_csv
-from .train import autocast, resolve_device, risk_score
+from .runfolder import prediction_columns, prediction_record, write_csv
+from .tasks import KINDS, Fitted, HeadOptions, Score
+from .train import autocast, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +72,27 @@ class Run:
 
     @property
     def kinds(self) -> dict[str, str]:
-        """task -> "binary" | "survival"."""
+        """task -> "binary" | "multiclass" | "regression" | "survival"."""
         return self.config.kinds
+
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        """The clinical covariate columns the fold models need."""
+        return self.config.covariates
+
+    @property
+    def level(self) -> str:
+        return self.config.level
+
+    @property
+    def options(self) -> HeadOptions:
+        return HeadOptions(survival_loss=self.survival_loss, survival_bins=max(
+            [h.n_outputs for h in self.config.heads if h.kind == "survival"] or [1]))
+
+    def fitted(self, fold: int, task: str) -> Fitted:
+        """What scoring fold ``fold``'s model needs for ``task`` (a regression target's scaling)."""
+        mean, sd = self.config.folds[fold].targets.get(task, (0.0, 1.0))
+        return Fitted(mean=mean, sd=sd)
 
     @property
     def features(self) -> str | None:
@@ -96,7 +125,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
         path = run_dir / f"fold_{fold.fold}" / WEIGHTS
         if not path.is_file():
             raise RunError(f"{path}: missing (config.json lists fold {fold.fold}); the run is incomplete")
-        model = create_model(spec.name, config.in_dim, heads, hidden=spec.hidden, dropout=spec.dropout, **spec.kwargs)
+        model = create_model(spec.name, config.in_dim, heads, hidden=spec.hidden, dropout=spec.dropout,
+                             n_covariates=C.width(fold.covariates), **spec.kwargs)
         try:
             load_model(model, str(path), strict=True)
         except Exception as exc:  # noqa: BLE001 - any failure means these weights do not fit this config
@@ -109,25 +139,68 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
 
 
 @torch.inference_mode()
-def predict_bag(run: Run, x: torch.Tensor | np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Scores (task -> probability or risk) and attention (task -> float32 (N,)) of one bag
-    ``x`` (N, in_dim), each the mean over the run's fold models."""
+def predict_bag(run: Run, x: torch.Tensor | np.ndarray, covariates: dict[str, object] | None = None
+                ) -> tuple[dict[str, Score], dict[str, np.ndarray]]:
+    """Scores (task -> probability, class probabilities, value or risk) and attention (map name ->
+    float32 (N,)) of one bag ``x`` (N, in_dim), each the mean over the run's fold models.
+    ``covariates`` (column -> value, missing = NaN or "") is required when the run uses them."""
     x = torch.as_tensor(x, dtype=torch.float32)
     if x.dim() != 2 or x.shape[1] != run.in_dim:
         raise ValueError(f"features of shape {tuple(x.shape)}; the model expects (N, {run.in_dim})")
     x = x.to(run.device)
-    scores = dict.fromkeys(run.kinds, 0.0)
-    attention = {name: torch.zeros(len(x), dtype=torch.float64) for name in run.kinds}
-    for model in run.models:
+    encoded = _encode_covariates(run, covariates)
+    sums: dict[str, np.ndarray] = {}
+    attention: dict[str, torch.Tensor] = {}
+    n = len(run.models)
+    for i, model in enumerate(run.models):
         with autocast(run.device):
-            out = model(x)
+            out = model(x, None, None if encoded is None else encoded[i].to(run.device))
         for name, kind in run.kinds.items():
-            logits = out.logits[name].float()
-            value = torch.sigmoid(logits).reshape(-1)[0] if kind == "binary" else \
-                risk_score(logits, run.survival_loss).reshape(-1)[0]
-            scores[name] += float(value) / len(run.models)
-            attention[name] += out.attention[name].detach().double().cpu() / len(run.models)
+            score = np.atleast_1d(np.asarray(KINDS[kind].score(out.logits[name].float(), run.fitted(i, name),
+                                                                run.options), np.float64))
+            sums[name] = sums.get(name, 0.0) + score / n
+            maps = {name: out.attention[name]}
+            if kind == "multiclass" and name in out.class_attention:
+                head = run.config.head(name)
+                maps.update({class_map(name, c): out.class_attention[name][:, k] for k, c in enumerate(head.classes)})
+            for key, value in maps.items():
+                attention[key] = attention.get(key, 0.0) + value.detach().double().cpu() / n
+    scores: dict[str, Score] = {name: tuple(map(float, v)) if run.kinds[name] == "multiclass" else float(v[0])
+                                for name, v in sums.items()}
     return scores, {name: a.to(torch.float32).numpy() for name, a in attention.items()}
+
+
+def class_map(task: str, cls: str) -> str:
+    """The attention map of one class of a multi-class task (an HDF5 name: no ``/``)."""
+    return f"{task}={cls.replace('/', '_')}"
+
+
+def _encode_covariates(run: Run, covariates: dict[str, object] | None) -> list[torch.Tensor] | None:
+    """Per fold model, the case's covariates encoded with the fold's encoding (None without covariates)."""
+    if not run.covariates:
+        return None
+    if covariates is None:
+        raise RunError(f"{run.path}: the run uses clinical covariates ({', '.join(run.covariates)}); give each "
+                       "case's values (mil predict --manifest, pathology run --clinical)")
+    values = {}
+    for fold in run.config.folds:
+        for fit in fold.covariates:
+            raw = covariates.get(fit.name)
+            if fit.kind == "numeric":
+                values[fit.name] = np.array([_as_number(raw, fit.name)])
+            else:
+                values[fit.name] = np.array(["" if raw is None or (isinstance(raw, float) and math.isnan(raw))
+                                             else str(raw)], object)
+    return [torch.from_numpy(C.encode(fold.covariates, values)[0]) for fold in run.config.folds]
+
+
+def _as_number(raw: object, name: str) -> float:
+    if raw is None or raw == "":
+        return math.nan
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise RunError(f"covariate {name!r}: {raw!r} is not a number (the run was trained on numbers)") from None
 
 
 def bag_files(bags_dir: str | Path) -> dict[str, Path]:
@@ -156,21 +229,32 @@ def check_bag(run: Run, path: Path, features: str | None) -> None:
                        f"the model was trained on {trained[:12]}…")
 
 
-def predict_file(run: Run, slide_id: str, path: Path, out_dir: Path, features: str | None = None
-                 ) -> tuple[dict[str, float], int]:
-    """Predict one bag file and write ``out_dir/attention/<slide_id>.h5``; returns (scores, N).
+def predict_file(run: Run, slide_id: str, path: Path | list[Path], out_dir: Path, features: str | None = None,
+                 covariates: dict[str, object] | None = None) -> tuple[dict[str, Score], int]:
+    """Predict one bag file (or one patient's, pooled) and write ``out_dir/attention/<slide_id>.h5``
+    (per slide of a patient); returns (scores, N).
 
     ``features`` picks the bag's feature set (default: the run's); a bag with another
     dimension than the run's is a :class:`BagError` naming the bag."""
+    paths = path if isinstance(path, list) else [path]
     name = features or run.features
-    bag = read_features(path, name)
-    if bag.features.shape[1] != run.in_dim:
-        raise BagError(f"{path}: features {bag.name!r} have dimension {bag.features.shape[1]}, the model "
-                       f"expects {run.in_dim}")
-    check_bag(run, path, bag.name)
-    scores, attention = predict_bag(run, bag.features)
-    write_attention(out_dir / "attention" / f"{slide_id}.h5", slide_id, bag.coords, attention, run, bag.name)
-    return scores, len(bag.features)
+    bags = []
+    for p in paths:
+        bag = read_features(p, name)
+        if bag.features.shape[1] != run.in_dim:
+            raise BagError(f"{p}: features {bag.name!r} have dimension {bag.features.shape[1]}, the model "
+                           f"expects {run.in_dim}")
+        check_bag(run, p, bag.name)
+        bags.append(bag)
+    x = np.concatenate([b.features for b in bags]) if len(bags) > 1 else bags[0].features
+    scores, attention = predict_bag(run, x, covariates)
+    start = 0
+    for p, bag in zip(paths, bags):
+        part = {k: v[start:start + len(bag.features)] for k, v in attention.items()}
+        start += len(bag.features)
+        sid = slide_id if len(paths) == 1 else p.stem
+        write_attention(out_dir / "attention" / f"{sid}.h5", sid, bag.coords, part, run, bag.name)
+    return scores, len(x)
 
 
 def write_attention(path: Path, slide_id: str, coords: np.ndarray | None, attention: dict[str, np.ndarray],
@@ -184,51 +268,69 @@ def write_attention(path: Path, slide_id: str, coords: np.ndarray | None, attent
             f.create_dataset("coords", data=coords.astype(np.int64))
         for task, values in attention.items():
             ds = f.create_dataset(f"attention/{task}", data=values.astype(np.float32))
-            ds.attrs["kind"] = run.kinds[task]
+            ds.attrs["kind"] = run.kinds.get(task, "class")
 
 
-def prediction_records(run: Run, slide_id: str, patient_id: str, scores: dict[str, float],
-                       labels: dict[str, tuple[float, float]]) -> list[dict]:
-    """``predictions.csv`` rows of one slide (fold empty); ``labels``: task -> (label, event)."""
+def prediction_records(run: Run, slide_id: str, patient_id: str, scores: dict[str, Score],
+                       labels: dict[str, object]) -> list[dict]:
+    """``predictions.csv`` rows of one case (fold empty); ``labels``: task -> its label as
+    :meth:`mil.manifest.Cohort.labels` gives it (unknown when absent)."""
     rows = []
-    for task, kind in run.kinds.items():
-        label, event = labels.get(task, (math.nan, math.nan))
-        rows.append({"slide_id": slide_id, "patient_id": patient_id, "fold": None, "task": task,
-                     "label": label, "score": scores[task], "event": event if kind == "survival" else None})
+    for head in run.config.heads:
+        label = labels.get(head.name, (math.nan, math.nan) if head.kind == "survival" else math.nan)
+        rows.append(prediction_record(head, slide_id, patient_id, None, label, scores[head.name]))
     return rows
 
 
 def load_labels(run: Run, manifest: str | Path) -> Cohort:
-    """The manifest as a cohort whose tasks are the run's tasks with label columns in it
-    (a manifest without label columns just names the slides and patients)."""
+    """The manifest as a cohort whose tasks are the run's tasks with label columns in it, read
+    with the run's kinds and classes (a manifest without label columns just names the slides
+    and patients), and the run's covariates, which it must have."""
     columns = set(read_table(manifest, []).columns)  # its problems are reported by load_manifest
-    targets, survival = [], None
+    targets, survival, fixed = [], None, {}
     for head in run.config.heads:
         if head.columns and all(c in columns for c in head.columns):
-            if head.kind == "binary":
-                targets.append(head.columns[0])
-            else:
+            if head.kind == "survival":
                 survival = head.columns
-    return load_manifest(manifest, targets=targets, survival=survival)
+            else:
+                targets.append(head.columns[0])
+                fixed[head.columns[0]] = LabelSpec(head.kind, head.classes)
+    return load_manifest(manifest, targets=targets, survival=survival, fixed=fixed, covariates=run.covariates)
 
 
-def _labels_of(cohort: Cohort, row: int) -> dict[str, tuple[float, float]]:
-    out = {}
-    for task in cohort.tasks:
-        y = cohort.labels(task.name)[row]
-        out[task.name] = (float(y[0]), float(y[1])) if task.kind == "survival" else (float(y), math.nan)
-    return out
+def case_covariates(run: Run, table: str | Path) -> dict[str, dict[str, object]]:
+    """slide_id -> the run's covariate values, from a table with ``slide_id`` and the covariate
+    columns (a manifest; every problem reported at once, as for training)."""
+    cohort = load_manifest(table, covariates=run.covariates)
+    return {str(sid): _covariates_of(cohort, row) or {} for row, sid in enumerate(cohort.table["slide_id"])}
 
 
-def _job(slide: SlideInput, advance, *, run: Run, out_dir: Path, features: str | None, patients: dict[str, str],
-         labels: dict[str, dict], rows: list[dict]) -> Outcome:
+def _labels_of(cohort: Cohort, row: int) -> dict[str, object]:
+    return {task.name: cohort.labels(task.name)[row] for task in cohort.tasks}
+
+
+def _covariates_of(cohort: Cohort, row: int) -> dict[str, object] | None:
+    if not cohort.covariates:
+        return None
+    return {c.name: cohort.covariate_values(c)[row] for c in cohort.covariates}
+
+
+def _job(slide: SlideInput, advance, *, run: Run, out_dir: Path, features: str | None, cases: dict[str, dict],
+         rows: list[dict]) -> Outcome:
     t0 = time.perf_counter()
-    scores, n = predict_file(run, slide.slide_id, slide.path, out_dir, features)
-    rows += prediction_records(run, slide.slide_id, patients.get(slide.slide_id, ""), scores,
-                               labels.get(slide.slide_id, {}))
+    case = cases.get(slide.slide_id, {})
+    scores, n = predict_file(run, slide.slide_id, case.get("paths", slide.path), out_dir, features,
+                             case.get("covariates"))
+    rows += prediction_records(run, slide.slide_id, case.get("patient", ""), scores, case.get("labels", {}))
     advance(n)
-    detail = ", ".join(f"{t} {v:.3f}" for t, v in scores.items())
+    detail = ", ".join(f"{t} {_describe(run, t, v)}" for t, v in scores.items())
     return Outcome(slide.slide_id, "done", n, time.perf_counter() - t0, detail)
+
+
+def _describe(run: Run, task: str, score: Score) -> str:
+    if isinstance(score, tuple):
+        return str(run.config.head(task).classes[int(np.argmax(score))])
+    return f"{score:.3f}"
 
 
 def predict_cohort(run: Run, bags_dir: str | Path, out_dir: str | Path, *, manifest: str | Path | None = None,
@@ -237,31 +339,42 @@ def predict_cohort(run: Run, bags_dir: str | Path, out_dir: str | Path, *, manif
     ``out_dir/predictions.csv`` and ``out_dir/attention/<slide_id>.h5``.
 
     A bad or missing bag is a failed outcome; the others go on. ``predictions.csv`` holds the
-    slides that succeeded, with labels from the manifest's columns when it has them."""
+    cases that succeeded, with labels from the manifest's columns when it has them. A run with
+    covariates needs the manifest (its covariate columns); a patient-level run predicts one
+    row per patient, pooling the patient's slides (each bag its own patient without a manifest)."""
     bags_dir, out_dir = Path(bags_dir), Path(out_dir)
     if not bags_dir.is_dir():
         raise RunError(f"{bags_dir}: bags folder not found")
-    patients: dict[str, str] = {}
-    labels: dict[str, dict] = {}
+    if run.covariates and manifest is None:
+        raise RunError(f"{run.path}: the run uses clinical covariates ({', '.join(run.covariates)}); give a "
+                       "--manifest with those columns")
+    cases: dict[str, dict] = {}
     if manifest is not None:
         cohort = load_labels(run, manifest)
         table = cohort.table
-        slides = []
-        for row, slide_id in enumerate(table["slide_id"]):
-            path = find_bag(bags_dir, slide_id) or bags_dir / f"{slide_id}.h5"  # a missing bag fails its job
-            slides.append(SlideInput(slide_id, path))
-            patients[slide_id] = table.at[row, "patient_id"]
-            labels[slide_id] = _labels_of(cohort, row)
+        paths = [find_bag(bags_dir, sid) or bags_dir / f"{sid}.h5" for sid in table["slide_id"]]  # missing: fails
+        if run.level == "patient":
+            slide_paths = dict(zip(table["slide_id"], paths))
+            cohort = cohort.by_patient()
+            table = cohort.table
+            for row, pid in enumerate(table["slide_id"]):
+                cases[pid] = {"paths": [slide_paths[s] for s in table.at[row, "slides"]], "patient": pid,
+                              "labels": _labels_of(cohort, row), "covariates": _covariates_of(cohort, row)}
+        else:
+            for row, sid in enumerate(table["slide_id"]):
+                cases[sid] = {"paths": paths[row], "patient": table.at[row, "patient_id"],
+                              "labels": _labels_of(cohort, row), "covariates": _covariates_of(cohort, row)}
+        slides = [SlideInput(cid, case["paths"][0] if isinstance(case["paths"], list) else case["paths"])
+                  for cid, case in cases.items()]
     else:
         slides = [SlideInput(s, p) for s, p in bag_files(bags_dir).items()]
         if not slides:
             raise RunError(f"{bags_dir}: no bag files (.h5, .pt)")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    job = functools.partial(_job, run=run, out_dir=out_dir, features=features, patients=patients, labels=labels,
-                            rows=rows)
+    job = functools.partial(_job, run=run, out_dir=out_dir, features=features, cases=cases, rows=rows)
     outcomes = run_batch(slides, job, unit="instances", console=console, status=status_path(out_dir))
     order = {s.slide_id: i for i, s in enumerate(slides)}
     rows.sort(key=lambda r: order[r["slide_id"]])
-    write_csv(pd.DataFrame(rows, columns=PREDICTION_COLUMNS), out_dir / "predictions.csv")
+    write_csv(pd.DataFrame(rows, columns=prediction_columns(run.config.heads)), out_dir / "predictions.csv")
     return outcomes

@@ -1,19 +1,25 @@
-"""A run's ``config.json`` as typed, frozen records (schema ``mil-run/1``), and the one place that
+"""A run's ``config.json`` as typed, frozen records (schema ``mil-run/2``), and the one place that
 reads and writes it.
 
 ``mil train`` writes it (:meth:`RunConfig.write`, atomically); ``mil predict``, ``pathology run``,
 ``pathology heatmap --model`` and ``pathology demo`` read it (:meth:`RunConfig.read`). The file
-keeps the keys of pathology-mil 0.1.0, which wrote no ``schema``, and adds
-``"schema": "mil-run/1"``; scripts that read those keys keep working.
+keeps the keys of pathology-mil 0.1.0, which wrote no ``schema``, and adds ``schema``; scripts
+that read those keys keep working.
+
+Versions: 0.1.0 (no schema); ``mil-run/1`` added ``schema``; ``mil-run/2`` added task kinds
+beyond binary and survival (``heads[].classes``, regression targets' scaling per fold),
+clinical covariates (their names, and their encoding fitted per fold in ``folds[].covariates``),
+the level (``slide`` or ``patient``) and the training recipe's options (refit, feature scaling).
+A version-1 reader would ignore those keys and predict wrongly, hence the new version.
 
 Reading validates every field: a missing or ill-typed one is a :class:`RunError` naming the file
-and the field (``config.json: field 'heads[0].n_outputs' is missing``). A file without a schema
-is read as 0.1.0's format and upgraded in memory (:data:`UPGRADES`); one with a newer schema is
-refused in one line. Every key of a ``mil-run/1`` file is required (``null`` where the type
-allows it), except the training options with a default (:class:`TrainConfig`), so a run written
-before an option existed reads with the option's default, the bag attributes, which hold
-what the first training bag had, and the model card's records added later (``provenance``,
-``ood``, ``calibration``: null in older runs). Unknown keys are ignored.
+and the field (``config.json: field 'heads[0].n_outputs' is missing``). An older file is upgraded
+in memory (:data:`UPGRADES`), its training options set to what that version did; a file with a
+newer schema is refused in one line. Every key of a ``mil-run/2`` file is required (``null``
+where the type allows it), except the training options with a default (:class:`TrainConfig`),
+so a run written before an option existed reads with the option's default, the bag
+attributes, which hold what the first training bag had, and the model card's records added later
+(``provenance``, ``ood``, ``calibration``: null in older runs). Unknown keys are ignored.
 """
 
 from __future__ import annotations
@@ -42,13 +48,16 @@ from .provenance import Provenance
 log = logging.getLogger(__name__)
 
 SCHEMA_NAME = "mil-run"
-VERSION = 1
+VERSION = 2
 SCHEMA = f"{SCHEMA_NAME}/{VERSION}"
 CONFIG_NAME = "config.json"
 SOFTWARE = "pathology-mil"
-KINDS = ("binary", "survival")
+KINDS = ("binary", "multiclass", "regression", "survival")
 R = TypeVar("R")
 SURVIVAL_LOSSES = ("nll", "cox")
+SCALINGS = ("robust", "standard")
+LEVELS = ("slide", "patient")
+COX_BATCH = 16                    # bags per step with a Cox head when --batch-size is not given
 
 
 class RunError(UserError):
@@ -74,19 +83,21 @@ def _require(ok: bool, where: str, problem: str) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every option of ``mil train`` (``config.json``'s ``train``)."""
+    """Every option of ``mil train`` (``config.json``'s ``train``). The defaults are the training
+    recipe (README, "Training recipe"): one bag per step, the epoch count chosen on an inner
+    split, then a refit on all training bags; robust feature scaling; class-balanced losses."""
 
     model: str = "abmil"
     targets: tuple[str, ...] = ()
     survival: tuple[str, str] | None = None       # (time column, event column)
     folds: int = 5
     seed: int = 0
-    epochs: int = 50
+    epochs: int = 50                              # at most, per fit
     lr: float = 2e-4
     weight_decay: float = 1e-4
     dropout: float = 0.25
     hidden: int = 256
-    batch_size: int = 8                           # bags per optimizer step (gradient accumulation)
+    batch_size: int | None = None                 # bags per optimizer step; None: 1, or COX_BATCH with a Cox head
     patience: int = 10                            # epochs without a better validation loss before stopping
     val_fraction: float = 0.2
     max_instances: int | None = None              # random subset of larger bags in training
@@ -100,6 +111,13 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
     threads: int | None = None                    # torch CPU threads per fold (None: all cores); fixed for
                                                   # identical results between sequential and parallel folds
+    kinds: dict[str, str] = field(default_factory=dict)   # task -> kind given with --kind (others inferred)
+    covariates: tuple[str, ...] = ()              # clinical covariate columns fused with the slide
+    level: str = "slide"                          # "patient": one bag per patient (all their slides)
+    refit: bool = True                            # refit on all training bags for the epochs chosen on inner splits
+    inner_folds: int = 3                          # inner splits choosing the epoch count (1: one val_fraction split)
+    scaling: str = "robust"                       # input features: "robust" (median/IQR, clipped) or "standard"
+    class_balance: bool = True                    # class-balanced binary and multi-class losses
     calibration: str = "none"                     # "temperature": scale each fold's logits (mil.calibration)
     ood_alpha: float = OOD_ALPHA                  # out-of-distribution flags: share of like slides flagged (mil.ood)
     cohort_name: str | None = None                # provenance (mil.provenance); None: the manifest's folder
@@ -109,19 +127,38 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "survival", tuple(self.survival) if self.survival else None)
+        object.__setattr__(self, "covariates", tuple(self.covariates))
+        object.__setattr__(self, "kinds", dict(self.kinds))
         if self.survival_loss not in SURVIVAL_LOSSES:
             raise InputError(f"survival_loss must be one of {', '.join(SURVIVAL_LOSSES)}, got {self.survival_loss!r}")
+        if self.scaling not in SCALINGS:
+            raise InputError(f"scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
+        if self.level not in LEVELS:
+            raise InputError(f"level must be one of {', '.join(LEVELS)}, got {self.level!r}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads must be at least 1, got {self.threads}")
-        for name in ("epochs", "batch_size", "hidden", "survival_bins"):
+        for name in ("epochs", "hidden", "survival_bins", "inner_folds"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
         if not 0 < self.val_fraction < 1:
             raise InputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.calibration not in CALIBRATIONS:
             raise InputError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
+        if self.calibration == "temperature" and self.refit:  # the refit model has seen every training bag
+            raise InputError("--calibration temperature needs validation bags the model did not train on: "
+                             "use it with --no-refit")
         if not 0 < self.ood_alpha < 1:
             raise InputError(f"ood_alpha must be in (0, 1), got {self.ood_alpha}")
+
+    @property
+    def step_bags(self) -> int:
+        """Bags per optimizer step: ``batch_size``, else one (as ABMIL, CLAM and most MIL papers
+        train), or :data:`COX_BATCH` when a Cox head needs several bags for its partial likelihood."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return COX_BATCH if self.survival and self.survival_loss == "cox" else 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,8 +183,9 @@ class ModelSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class HeadSpec:
-    """One task: its manifest ``columns`` (binary: the label; survival: time, event), the
-    head's ``n_outputs``, the call's ``threshold`` (binary tasks) and what its score means."""
+    """One task: its manifest ``columns`` (the label; survival: time, event), the head's
+    ``n_outputs``, the call's ``threshold`` (binary tasks), what its score means, and its
+    ``classes`` (multiclass: in output order; binary: () for yes/no labels, else (negative, positive))."""
 
     name: str
     kind: str
@@ -155,6 +193,7 @@ class HeadSpec:
     n_outputs: int
     threshold: float | None
     output: str
+    classes: tuple[str, ...]
 
     def __post_init__(self) -> None:
         _require(self.kind in KINDS, "kind", f"must be one of {', '.join(map(repr, KINDS))}, not {self.kind!r}")
@@ -188,11 +227,30 @@ class ManifestRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CovariateFit:
+    """One clinical covariate's encoding, fitted on a fold's training cases (:mod:`mil.covariates`):
+    numeric: ``(x - mean) / sd`` with missing values filled by ``fill`` (the training median);
+    categorical: one-hot over ``levels``; ``missing``: a 0/1 missing column follows."""
+
+    name: str
+    kind: str                 # "numeric" | "categorical"
+    mean: float
+    sd: float
+    fill: float
+    levels: tuple[str, ...]
+    missing: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class FoldSpec:
-    """One fold: its index (``fold_<fold>/model.safetensors``) and its test slides."""
+    """One fold: its index (``fold_<fold>/model.safetensors``), its test cases (slides, or patients
+    at the patient level), what was fitted on its training cases: regression targets' (mean, sd),
+    whose standardized values the head predicts, and the covariates' encodings."""
 
     fold: int
     test: tuple[str, ...]
+    targets: dict[str, tuple[float, float]]
+    covariates: tuple[CovariateFit, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,12 +315,15 @@ class RunConfig:
     manifest: ManifestRecord | None
     folds: tuple[FoldSpec, ...]
     bag_settings: BagSettings | None
+    level: str                        # "slide", or "patient": one bag pools a patient's slides
+    covariates: tuple[str, ...]       # clinical covariate columns the models need (encodings per fold)
     provenance: Provenance | None = None          # the model card's facts (mil.provenance)
     ood: OodRecord | None = None                  # out-of-distribution references (mil.ood)
     calibration: CalibrationRecord | None = None  # temperature scaling (mil.calibration)
 
     def __post_init__(self) -> None:
         _require(self.schema == SCHEMA, "schema", f"must be {SCHEMA!r}, not {self.schema!r}")
+        _require(self.level in LEVELS, "level", f"must be one of {', '.join(map(repr, LEVELS))}, not {self.level!r}")
         _require(self.in_dim >= 1, "in_dim", f"must be at least 1, not {self.in_dim}")
         _require(self.model.in_dim == self.in_dim, "model.in_dim",
                  f"is {self.model.in_dim}, but in_dim is {self.in_dim}")
@@ -275,8 +336,11 @@ class RunConfig:
 
     @property
     def kinds(self) -> dict[str, str]:
-        """task -> "binary" | "survival", in head order."""
+        """task -> "binary" | "multiclass" | "regression" | "survival", in head order."""
         return {h.name: h.kind for h in self.heads}
+
+    def head(self, name: str) -> HeadSpec:
+        return next(h for h in self.heads if h.name == name)
 
     @property
     def thresholds(self) -> dict[str, float | None]:
@@ -370,7 +434,7 @@ def _from_0(raw: dict) -> dict:
     commit 9ba832f hold survival ``bin_edges`` (infinite ends as null) instead of ``bin_cuts``;
     ones written by hand (scripts, tests) may lack provenance, test slides and head columns, read
     as null or empty."""
-    raw = {**raw, "schema": SCHEMA}
+    raw = {**raw, "schema": f"{SCHEMA_NAME}/1"}
     for key in ("software", "train", "features", "survival", "manifest", "bag_settings"):
         raw.setdefault(key, None)
     if isinstance(raw.get("model"), dict):
@@ -388,7 +452,21 @@ def _from_0(raw: dict) -> dict:
     return raw
 
 
-UPGRADES = {0: _from_0}   # version -> its upgrade to the next version
+def _from_1(raw: dict) -> dict:
+    """mil-run/1 -> mil-run/2: binary and survival heads only (no classes), no covariates, slide
+    level; trained without refit, with standardized features and 8 bags a step, as that
+    version did (its binary losses were already class-balanced)."""
+    raw = {**raw, "schema": f"{SCHEMA_NAME}/2", "level": "slide", "covariates": []}
+    if isinstance(raw.get("heads"), list):
+        raw["heads"] = [{"classes": [], **h} if isinstance(h, dict) else h for h in raw["heads"]]
+    if isinstance(raw.get("folds"), list):
+        raw["folds"] = [{"targets": {}, "covariates": [], **f} if isinstance(f, dict) else f for f in raw["folds"]]
+    if isinstance(raw.get("train"), dict):
+        raw["train"] = {"refit": False, "inner_folds": 1, "scaling": "standard", "batch_size": 8, **raw["train"]}
+    return raw
+
+
+UPGRADES = {0: _from_0, 1: _from_1}   # version -> its upgrade to the next version
 
 
 # ---------------------------------------------------------------- JSON <-> records

@@ -1,6 +1,14 @@
 """The run folder of ``mil train`` (docs/architecture.md, "Run folders"): metrics of (out-of-fold) predictions,
-the ROC / Kaplan-Meier pictures, ``config.json`` (a :class:`mil.runconfig.RunConfig`) with the bags' provenance,
-fold weights, and the atomic writers every file goes through. Shared by ``mil evaluate`` and ``mil predict``.
+the pictures of each task (ROC, confusion matrix, scatter, Kaplan-Meier), ``config.json`` (a
+:class:`mil.runconfig.RunConfig`) with the bags' provenance, fold weights, and the atomic writers every
+file goes through. Shared by ``mil evaluate`` and ``mil predict``.
+
+``predictions.csv`` has one row per case and task: ``slide_id`` (the patient's id at the patient
+level), ``patient_id``, ``fold``, ``task``, ``label`` and ``score`` (binary: the probability of the
+positive class; multiclass: the true and the called class's index, with every class's
+probability in a ``probabilities`` column, a JSON object in class order, present when a task is
+multi-class; regression: the true and predicted values; survival: the time and the risk) and
+``event`` (survival).
 """
 
 from __future__ import annotations
@@ -8,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import h5py
 import numpy as np
@@ -18,13 +28,14 @@ from safetensors.torch import save_model
 
 from pathology import __version__
 from pathology.bag import BagError
+from pathology.errors import InputError
 from pathology.hashing import file_sha256
 from pathology.publish import publish_json, publish_with, publishing
 
 from . import metrics as M
 from .data import BagDataset, available_features
 from .models import Head, MILModel
-from .plots import plot_km, plot_roc
+from .plots import plot_confusion, plot_km, plot_roc, plot_scatter
 from .runconfig import (
     SOFTWARE,
     BagSettings,
@@ -42,40 +53,112 @@ from .runconfig import (
 from .splits import Fold
 
 PREDICTION_COLUMNS = ["slide_id", "patient_id", "fold", "task", "label", "score", "event"]
+PROBABILITIES = "probabilities"
 BAG_ROOT_ATTRS = ("tiling", "stain", "target_mpp", "patch_size")
 FEATURE_ATTRS = ("encoder", "weights_sha256", "dim", "input_size", "mean", "std")
-OUTPUTS = {"binary": "probability", "nll": "risk = -expected survived bins", "cox": "risk = Cox log-hazard"}
+OUTPUTS = {"binary": "probability", "multiclass": "class probabilities (softmax)",
+           "regression": "value, in the unit of the label column", "nll": "risk = -expected survived bins",
+           "cox": "risk = Cox log-hazard"}
+PLOTS = ("roc_*.png", "km_*.png", "confusion_*.png", "scatter_*.png", "reliability_*.png")
 
 
-def evaluate_predictions(predictions: pd.DataFrame, kinds: dict[str, str], *, n_boot: int = M.N_BOOTSTRAP,
+class TaskLike(Protocol):
+    """What the run folder needs of a task: :class:`mil.manifest.Task` or :class:`mil.runconfig.HeadSpec`."""
+
+    kind: str
+    classes: tuple[str, ...]
+
+
+def prediction_columns(tasks: Iterable[TaskLike]) -> list[str]:
+    """``predictions.csv``'s columns: :data:`PREDICTION_COLUMNS`, and ``probabilities`` when a task is multi-class."""
+    return PREDICTION_COLUMNS + ([PROBABILITIES] if any(t.kind == "multiclass" for t in tasks) else [])
+
+
+def prediction_record(task, slide_id: str, patient_id: str, fold: int | None, label, score) -> dict:
+    """One ``predictions.csv`` row: ``label`` as :meth:`mil.manifest.Cohort.labels` gives it (NaN
+    unknown), ``score`` as :mod:`mil.tasks` (a tuple of probabilities for a multi-class task)."""
+    record = {"slide_id": slide_id, "patient_id": patient_id, "fold": fold, "task": task.name, "event": None}
+    if task.kind == "survival":
+        record.update(label=float(label[0]), event=float(label[1]), score=float(score))
+    elif task.kind == "multiclass":
+        record.update(label=float(label), score=float(np.argmax(score)),
+                      probabilities=json.dumps({c: round(float(p), 8) for c, p in zip(task.classes, score)}))
+    else:
+        record.update(label=float(label), score=float(score))
+    return record
+
+
+def probability_matrix(predictions: pd.DataFrame, classes: tuple[str, ...], where: str = "") -> np.ndarray:
+    """The ``probabilities`` column of a multi-class task's rows as (n, K) in ``classes``' order
+    (NaN rows where it is empty); InputError when it names other classes."""
+    out = np.full((len(predictions), len(classes)), np.nan)
+    cells = predictions[PROBABILITIES] if PROBABILITIES in predictions else pd.Series([None] * len(predictions))
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, str) or not cell.strip():
+            continue
+        try:
+            probs = json.loads(cell)
+        except json.JSONDecodeError:
+            raise InputError(f"{where}: a probabilities cell is not JSON: {cell[:60]!r}") from None
+        if not isinstance(probs, dict) or set(probs) != set(classes):
+            named = sorted(probs) if isinstance(probs, dict) else probs
+            raise InputError(f"{where}: probabilities name classes {named}, the task has {list(classes)}")
+        out[i] = [float(probs[c]) for c in classes]
+    return out
+
+
+def task_scores(p: pd.DataFrame, task: TaskLike, where: str) -> np.ndarray:
+    """The scores metrics take: (n,) or, for a multi-class task, the (n, K) probabilities."""
+    if task.kind == "multiclass":
+        return probability_matrix(p, task.classes, where)
+    return p["score"].to_numpy(float)
+
+
+def evaluate_predictions(predictions: pd.DataFrame, tasks: Mapping[str, TaskLike], *, n_boot: int = M.N_BOOTSTRAP,
                          seed: int = 0, threshold: float = M.THRESHOLD) -> dict:
     """metrics.json's ``tasks`` entry: per task, per-fold and pooled metrics of ``predictions``
-    (columns of ``PREDICTION_COLUMNS``; rows without a fold form one group)."""
-    tasks = {}
-    for name, kind in kinds.items():
+    (columns of :func:`prediction_columns`; rows without a fold form one group)."""
+    out = {}
+    for name, task in tasks.items():
+        kind = task.kind
         p = predictions[predictions["task"] == name]
         event = p["event"].to_numpy(float) if kind == "survival" else None
+        scores = task_scores(p, task, name)
         fold_ids = p["fold"].fillna(-1).to_numpy(int)
         per_fold = []
         for k in np.unique(fold_ids):
-            q = p[fold_ids == k]
-            per_fold.append(M.compute(kind, q["label"].to_numpy(float), q["score"].to_numpy(float),
-                                      q["event"].to_numpy(float) if kind == "survival" else None,
+            q = fold_ids == k
+            per_fold.append(M.compute(kind, p["label"].to_numpy(float)[q], scores[q],
+                                      None if event is None else event[q],
                                       where=f"{name}, fold {k}" if k >= 0 else name, threshold=threshold))
-        tasks[name] = M.summarize_task(kind, per_fold, p["label"].to_numpy(float), p["score"].to_numpy(float), event,
-                                       p["patient_id"].astype(str).to_numpy(), n_boot=n_boot, seed=seed, where=name,
-                                       threshold=threshold)
-    return tasks
+        out[name] = M.summarize_task(kind, per_fold, p["label"].to_numpy(float), scores, event,
+                                     p["patient_id"].astype(str).to_numpy(), n_boot=n_boot, seed=seed, where=name,
+                                     threshold=threshold)
+        if kind == "multiclass":
+            out[name]["classes"] = list(task.classes)
+    return out
 
 
-def write_plots(out_dir: Path, predictions: pd.DataFrame, kinds: dict[str, str], tasks_metrics: dict,
+def write_plots(out_dir: Path, predictions: pd.DataFrame, tasks: Mapping[str, TaskLike], tasks_metrics: dict,
                 time_unit: str = "") -> list[Path]:
-    """ROC per binary task and Kaplan-Meier per survival task, from (out-of-fold) predictions."""
+    """From (out-of-fold) predictions, per task: the ROC (binary), the confusion matrix
+    (multiclass), predicted against true values (regression), Kaplan-Meier of the predicted
+    risk halves (survival)."""
     paths = []
-    for name, kind in kinds.items():
+    for name, task in tasks.items():
+        kind = task.kind
         p = predictions[predictions["task"] == name]
         m = tasks_metrics[name]["metrics"]
-        if kind == "binary":
+        if kind == "multiclass":
+            confusion = np.array(tasks_metrics[name]["confusion"])
+            paths.append(plot_confusion(out_dir / f"confusion_{name}.png", name, confusion,
+                                        task.classes, balanced_accuracy=_num(m["balanced_accuracy"]["pooled"]),
+                                        auc=_num(m["auc"]["pooled"])))
+        elif kind == "regression":
+            paths.append(plot_scatter(out_dir / f"scatter_{name}.png", name, p["label"].to_numpy(float),
+                                      p["score"].to_numpy(float), pearson=_num(m["pearson"]["pooled"]),
+                                      spearman=_num(m["spearman"]["pooled"]), mae=_num(m["mae"]["pooled"])))
+        elif kind == "binary":
             folds = [(q["label"].to_numpy(float), q["score"].to_numpy(float))
                      for _, q in p.groupby("fold", sort=True)] if p["fold"].notna().any() else []
             paths.append(plot_roc(out_dir / f"roc_{name}.png", name,
@@ -93,15 +176,17 @@ def write_plots(out_dir: Path, predictions: pd.DataFrame, kinds: dict[str, str],
 
 
 def run_config(cohort, config: TrainConfig, dataset: BagDataset, heads: list[Head], folds: list[Fold],
-               bin_cuts: dict[str, list[float]]) -> RunConfig:
-    """``config.json``: every option, the model and heads, the data's provenance, and the bag settings.
+               bin_cuts: dict[str, list[float]], results: list) -> RunConfig:
+    """``config.json``: every option, the model and heads, the data's provenance, the bag settings,
+    and what each fold fitted (``results``: :class:`mil.train.FoldResult` in fold order).
     ``bin_cuts`` (NLL survival, per task and fold): the times between the discrete-time bins."""
-    first_bag = Path(dataset.paths[0]) if dataset.paths else None
+    first_bag = Path(_first(dataset.paths[0])) if dataset.paths else None
     feature_name = config.features or (available_features(first_bag)[0] if first_bag else None)
     source = Path(cohort.source)
     specs = tuple(HeadSpec(name=task.name, kind=task.kind, columns=tuple(task.columns), n_outputs=head.n_outputs,
                            threshold=config.threshold if task.kind == "binary" else None,
-                           output=OUTPUTS[task.kind if task.kind == "binary" else config.survival_loss])
+                           output=OUTPUTS[task.kind if task.kind != "survival" else config.survival_loss],
+                           classes=tuple(task.classes))
                   for task, head in zip(cohort.tasks, heads))
     in_dim = int(dataset.dim)
     return RunConfig(
@@ -117,10 +202,19 @@ def run_config(cohort, config: TrainConfig, dataset: BagDataset, heads: list[Hea
             time_unit=time_unit_note(config), bin_cuts={k: tuple(map(float, v)) for k, v in bin_cuts.items()}),
         manifest=ManifestRecord(path=str(source.resolve()), sha256=file_sha256(source) if source.is_file() else None,
                                 n_slides=len(cohort.table)),
-        folds=tuple(FoldSpec(fold=f.index, test=tuple(map(str, cohort.table["slide_id"].iloc[f.test])))
-                    for f in folds),
+        folds=tuple(FoldSpec(fold=f.index, test=tuple(map(str, cohort.table["slide_id"].iloc[f.test])),
+                             targets={k: tuple(map(float, v)) for k, v in r.targets.items()},
+                             covariates=tuple(r.covariates))
+                    for f, r in zip(folds, results)),
         bag_settings=bag_settings(first_bag, feature_name) if first_bag else None,
+        level=cohort.level,
+        covariates=tuple(c.name for c in cohort.covariates),
     )
+
+
+def _first(path):
+    """A case's (first) bag: a patient-level case has a tuple of them."""
+    return path[0] if isinstance(path, tuple) else path
 
 
 def time_unit_note(config: TrainConfig) -> str:
@@ -165,9 +259,8 @@ def remove_run(out_dir: Path) -> bool:
     run), so a replacement with fewer folds or other tasks leaves none of the old run's models
     or plots behind; anything else in the folder stays. Returns whether there was one."""
     files = [out_dir / "metrics.json", out_dir / "config.json", out_dir / "predictions.csv",
-             *sorted(out_dir.glob("fold_*/model.safetensors")), *sorted(out_dir.glob("roc_*.png")),
-             *sorted(out_dir.glob("km_*.png")), *sorted(out_dir.glob("reliability_*.png")),
-             out_dir / "ood.safetensors"]
+             out_dir / "predictions_covariates_only.csv", *sorted(out_dir.glob("fold_*/model.safetensors")),
+             *(f for pattern in PLOTS for f in sorted(out_dir.glob(pattern))), out_dir / "ood.safetensors"]
     found = [f for f in files if f.is_file()]
     for f in found:
         f.unlink()

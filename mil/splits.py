@@ -6,11 +6,15 @@ in this order of preference:
 1. the manifest's ``fold`` column (test fold k = the rows with fold k),
 2. the manifest's ``split`` column (one fold: ``test`` rows are tested, ``val``/``valid``/
    ``validation`` rows validate, the rest train),
-3. sklearn's ``StratifiedGroupKFold`` over patients, stratified on the first binary task
-   (on the event for survival-only cohorts), shuffled with the run's seed.
+3. sklearn's ``StratifiedGroupKFold`` over patients, stratified on the first binary task, else
+   the first multi-class task, else the survival event, else the quartile of the first
+   regression target, shuffled with the run's seed.
 
 The validation rows of each fold are ~``val_fraction`` of its training patients, drawn the
-same way (stratified, grouped by patient, seeded), unless the manifest named them.
+same way (stratified, grouped by patient, seeded), unless the manifest named them. With
+``inner_folds`` = K > 1 a fold also carries K inner splits of all its training patients
+(stratified, grouped, seeded): every training patient validates once, so the training recipe
+picks its epoch count on a validation curve measured on all of them.
 """
 
 from __future__ import annotations
@@ -40,13 +44,25 @@ class Fold:
     train: np.ndarray   # row indices into cohort.table
     val: np.ndarray
     test: np.ndarray
+    inner: tuple[tuple[np.ndarray, np.ndarray], ...] = ()   # K (train, validation) splits of train + val
+
+    @property
+    def training(self) -> np.ndarray:
+        """Every training row of the fold (inner training and validation)."""
+        return np.union1d(self.train, self.val)
 
 
 def check_cohort(cohort) -> None:
-    """Every task must have both classes (binary) or at least one event (survival) among its known labels."""
+    """Every task must have both classes (binary), two classes (multiclass), two values
+    (regression) or at least one event (survival) among its known labels."""
     for task in cohort.tasks:
         y = cohort.labels(task.name)
-        if task.kind == "binary":
+        if task.kind in ("multiclass", "regression"):
+            known = np.unique(y[np.isfinite(y)])
+            if known.size < 2:
+                what = "classes" if task.kind == "multiclass" else "distinct values"
+                raise SplitError(f"task {task.name!r} has {known.size} {what} among its known labels: it needs two")
+        elif task.kind == "binary":
             known = y[np.isfinite(y)]
             if np.unique(known).size < 2:
                 what = f"only {'positive' if known.size and known[0] == 1 else 'negative'}" if known.size else "no"
@@ -58,7 +74,8 @@ def check_cohort(cohort) -> None:
                 raise SplitError(f"task {task.name!r} has no events in the cohort: the c-index is undefined")
 
 
-def make_folds(cohort, n_folds: int = 5, *, seed: int = 0, val_fraction: float = 0.2) -> list[Fold]:
+def make_folds(cohort, n_folds: int = 5, *, seed: int = 0, val_fraction: float = 0.2,
+               inner_folds: int = 1) -> list[Fold]:
     """Test folds and inner validation splits for ``cohort`` (see the module docstring)."""
     check_cohort(cohort)
     table = cohort.table
@@ -72,21 +89,52 @@ def make_folds(cohort, n_folds: int = 5, *, seed: int = 0, val_fraction: float =
         folds = stratified_folds(patients, strata, n_folds, seed)
     out = []
     for k, train, val, test in folds:
+        fixed = val is not None
         if val is None:
             train, val = inner_split(train, patients, strata, val_fraction, seed + 1 + k, fold=k)
-        out.append(Fold(k, np.sort(train), np.sort(val), np.sort(test)))
+        inner = () if fixed or inner_folds < 2 else inner_splits(np.union1d(train, val), patients, strata,
+                                                                   inner_folds, seed + 1 + k, fold=k)
+        out.append(Fold(k, np.sort(train), np.sort(val), np.sort(test), inner))
     return out
 
 
+def inner_splits(rows: np.ndarray, patients: np.ndarray, strata: np.ndarray, k: int, seed: int,
+                 fold: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """``k`` (train, validation) splits of ``rows``, stratified and grouped by patient, each
+    patient validating once (fewer splits when there are fewer patients)."""
+    groups = patients[rows]
+    n_splits = min(k, np.unique(groups).size)
+    if n_splits < 2:
+        raise SplitError(f"fold {fold}: {np.unique(groups).size} training patient(s) cannot be split into train "
+                         "and validation")
+    if np.unique(strata[rows], return_counts=True)[1].max() < n_splits:
+        cv = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        parts = cv.split(rows, groups=groups)
+    else:
+        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            parts = list(cv.split(rows, strata[rows], groups=groups))
+    return tuple((np.sort(rows[a]), np.sort(rows[b])) for a, b in parts)
+
+
+STRATA = {  # kind -> its labels as integer strata (NaN for unknown), in order of preference
+    "binary": lambda y: y,
+    "multiclass": lambda y: y,
+    "survival": lambda y: y[:, 1],
+    "regression": lambda y: np.where(np.isfinite(y), np.searchsorted(
+        np.nanquantile(y, [0.25, 0.5, 0.75]) if np.isfinite(y).any() else [], y, side="right"), np.nan),
+}
+
+
 def stratification_labels(cohort) -> np.ndarray:
-    """One integer stratum per row: the first binary task's label (unknown = its own stratum),
-    else the survival event, else all zero."""
+    """One integer stratum per row from the first task of the most preferred kind
+    (:data:`STRATA`; unknown = its own stratum), else all zero."""
     n = len(cohort.table)
-    for kind in ("binary", "survival"):
+    for kind, strata in STRATA.items():
         for task in cohort.tasks:
             if task.kind == kind:
-                y = cohort.labels(task.name)
-                y = y if kind == "binary" else y[:, 1]
+                y = strata(cohort.labels(task.name)).astype(float)
                 return np.where(np.isfinite(y), np.nan_to_num(y), -1).astype(int)
     return np.zeros(n, dtype=int)
 

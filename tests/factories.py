@@ -306,3 +306,84 @@ def write_cohort(root: Path, *, n_patients: int = 24, slides_per_patient: int = 
     path = root / "manifest.csv"
     table.to_csv(path, index=False)
     return path
+
+
+HER2_CLASSES = ("0", "1+", "2+", "3+")
+STAGES = ("I", "II", "III")
+
+
+def write_task_cohort(root: Path, *, n_patients: int = 40, seed: int = 0, n_instances: tuple[int, int] = (16, 32),
+                      missing: dict[str, float] | None = None) -> Path:
+    """Bags + manifest of a toy cohort with one task of every kind and clinical covariates, each
+    with a planted signal of known strength; returns the manifest path (bags in ``root/bags``).
+
+    - ``her2`` (multiclass ``0``, ``1+``, ``2+``, ``3+``, balanced): a patient of class c has 40%
+      of its instances shifted by +3 along dimension 4 + c (the other class directions untouched);
+    - ``ki67`` (regression, a percentage 5-80): every instance is shifted by 3 * ki67 / 100
+      along dimension 8, so any weighted mean of the instances reads the value;
+    - ``er`` (binary): an independent coin shifting every instance by +1.5 along dimension 1;
+    - ``age`` (numeric covariate), ``stage`` (categorical covariate ``I``/``II``/``III``) and
+      ``relapse`` (binary): relapse = stage III, or stage II and age > 60, flipped for 5% of
+      patients, and no dimension of the bags carries it: only the covariates can predict it;
+    - ``os_time``/``os_event``: exponential with hazard exp(1.5 * her2 class).
+    ``missing`` = {column: share of patients whose cell is blanked}."""
+    rng = np.random.default_rng(seed)
+    bags = root / "bags"
+    bags.mkdir(parents=True, exist_ok=True)
+    her2 = rng.permutation(np.arange(n_patients) % 4)
+    ki67 = rng.uniform(5, 80, n_patients).round(1)
+    er = rng.permutation(np.arange(n_patients) % 2)
+    age = rng.integers(35, 85, n_patients)
+    stage = rng.permutation(np.arange(n_patients) % 3)
+    relapse = ((stage == 2) | ((stage == 1) & (age > 60))).astype(int)
+    flip = rng.choice(n_patients, max(1, n_patients // 20), replace=False)
+    relapse[flip] = 1 - relapse[flip]
+    time = rng.exponential(1 / np.exp(1.5 * her2)) * 24
+    event = (rng.random(n_patients) > 0.2).astype(int)
+    rows = []
+    for p in range(n_patients):
+        n = int(rng.integers(*n_instances))
+        x = rng.normal(0, 1, (n, DIM))
+        x[rng.permutation(n)[:int(round(0.4 * n))], 4 + her2[p]] += 3.0
+        x[:, 8] += 3.0 * ki67[p] / 100
+        x[:, 1] += 1.5 * er[p]
+        slide = f"P{p:02d}-S0"
+        write_bag(bags / f"{slide}.h5", x)
+        rows.append({"slide_id": slide, "patient_id": f"P{p:02d}", "er": str(er[p]), "her2": HER2_CLASSES[her2[p]],
+                     "ki67": ki67[p], "age": int(age[p]), "stage": STAGES[stage[p]], "relapse": str(relapse[p]),
+                     "os_time": round(float(time[p]), 4), "os_event": int(event[p])})
+    table = pd.DataFrame(rows)
+    for column, share in (missing or {}).items():
+        blank = rng.choice(n_patients, int(round(share * n_patients)), replace=False)
+        table[column] = table[column].astype(object)
+        table.loc[blank, column] = ""
+    path = root / "manifest.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def write_patient_cohort(root: Path, *, n_patients: int = 32, slides_per_patient: int = 3, seed: int = 0,
+                         n_instances: tuple[int, int] = (12, 24)) -> Path:
+    """Bags + manifest where a patient's label lives in ONE of their slides: a positive patient
+    (``tumor`` 1, half of them) has 40% of the instances of one randomly chosen slide shifted by
+    +3 along dimension 0, and their other slides look like a negative patient's. A slide-level
+    model must learn from positive-labelled slides that show nothing; a model of the pooled
+    patient bag sees the evidence in every positive case. Returns the manifest path."""
+    rng = np.random.default_rng(seed)
+    bags = root / "bags"
+    bags.mkdir(parents=True, exist_ok=True)
+    tumor = rng.permutation(np.arange(n_patients) % 2)
+    rows = []
+    for p in range(n_patients):
+        carrier = int(rng.integers(slides_per_patient))
+        for s in range(slides_per_patient):
+            n = int(rng.integers(*n_instances))
+            x = rng.normal(0, 1, (n, DIM))
+            if tumor[p] and s == carrier:
+                x[rng.permutation(n)[:int(round(0.4 * n))], 0] += 3.0
+            slide = f"P{p:02d}-S{s}"
+            write_bag(bags / f"{slide}.h5", x)
+            rows.append({"slide_id": slide, "patient_id": f"P{p:02d}", "tumor": str(tumor[p])})
+    path = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path

@@ -14,7 +14,7 @@ from pathology.cli.common import Out, Quiet, Verbose, reported, setup_logging
 from ..console import metrics_table
 from ..evaluate import evaluate_file
 from ..metrics import N_BOOTSTRAP
-from .options import Clinical, Survival, Targets, split_survival, split_targets
+from .options import Clinical, Kinds, Survival, Targets, split_kinds, split_survival, split_targets
 
 
 def evaluate_command(
@@ -23,6 +23,7 @@ def evaluate_command(
     out: Out("Folder for metrics.json and plots."),
     target: Targets = None,
     survival: Survival = None,
+    kind: Kinds = None,
     clinical: Clinical = None,
     bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples (of patients) for the 95% CIs.")]
     = N_BOOTSTRAP,
@@ -32,12 +33,14 @@ def evaluate_command(
 ) -> None:
     """Score predictions against a manifest's labels: metrics.json, ROC and Kaplan-Meier plots.
 
-    Without --target/--survival, every binary task in the predictions is evaluated.
+    Without --target/--survival, every task in the predictions but survival is evaluated; each
+    task's kind is inferred from its manifest column as in training (--kind sets it).
     """
     console = setup_logging(verbose, quiet)
     with reported(console):
         result = evaluate_file(predictions, manifest, out, targets=split_targets(target),
-                               survival=split_survival(survival), clinical=clinical, n_boot=bootstrap, seed=seed)
+                               survival=split_survival(survival), clinical=clinical, kinds=split_kinds(kind),
+                               n_boot=bootstrap, seed=seed)
     Console().print(metrics_table(result["tasks"], title=f"{result['n_slides']} slides, "
                                                          f"{result['n_patients']} patients"))
     console.print(f"metrics written to {out / 'metrics.json'}")

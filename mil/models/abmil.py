@@ -1,6 +1,10 @@
 """Attention-based deep MIL (Ilse, Tomczak & Welling 2018): per task, softmax attention
 over the encoded instances, a weighted mean, and a linear head. ``gated-abmil`` multiplies
-the tanh branch by a sigmoid gate (the paper's gated attention)."""
+the tanh branch by a sigmoid gate (the paper's gated attention).
+
+A head with several outputs (classes) also returns per-output maps: each instance's share
+a_i W_k h_i of output k (the shares sum to the output less its bias), so a class's map shows
+the patches that speak for it and, negative, against it."""
 
 from __future__ import annotations
 
@@ -44,12 +48,14 @@ class ABMIL(MILModel):
         self.classifiers = nn.ModuleList(nn.Linear(hidden, head.n_outputs) for head in self.heads)
 
     def aggregate(self, h: Tensor, labels: dict[str, Tensor] | None) -> MILOutput:
-        logits, attention = {}, {}
+        logits, attention, per_output = {}, {}, {}
         for head, attend, classifier in zip(self.heads, self.attention, self.classifiers):
             a = torch.softmax(attend(h)[:, 0], dim=0)
             logits[head.name] = classifier(a @ h)
             attention[head.name] = a
-        return MILOutput(logits, attention, h.new_zeros(()))
+            if head.n_outputs > 1:
+                per_output[head.name] = a[:, None] * (h @ classifier.weight.T)
+        return MILOutput(logits, attention, h.new_zeros(()), per_output)
 
 
 @register_model("gated-abmil")

@@ -17,6 +17,9 @@ overlap; a bag with one instance gets no instance loss. As in CLAM for binary pr
   head is the mean of its branches: the two-class softmax is symmetric, so training may put
   the evidence in either the "low" or the "high" branch (the other then attends elsewhere),
   and only the mean reliably shows where the model looks.
+
+A head with several outputs also returns per-output maps: clam-mb its branches' attention,
+clam-sb each instance's share a_i W_k h_i of output k (as ABMIL).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class CLAM(MILModel):
         return 2 if head.n_outputs == 1 else head.n_outputs
 
     def aggregate(self, h: Tensor, labels: dict[str, Tensor] | None) -> MILOutput:
-        logits, attention = {}, {}
+        logits, attention, per_output = {}, {}, {}
         instance_loss = h.new_zeros(())
         for head, attend, classifier, instance_classifiers in zip(
                 self.heads, self.attention, self.classifiers, self.instance_classifiers):
@@ -76,14 +79,18 @@ class CLAM(MILModel):
                 per_branch = (bags * classifier.weight).sum(dim=1) + classifier.bias
                 logits[head.name] = (per_branch[1] - per_branch[0]).reshape(1) if head.n_outputs == 1 else per_branch
                 attention[head.name] = weights.mean(dim=1)
+                if head.n_outputs > 1:
+                    per_output[head.name] = weights
             else:
                 logits[head.name] = classifier(weights[:, 0] @ h)
                 attention[head.name] = weights[:, 0]
+                if head.n_outputs > 1:
+                    per_output[head.name] = weights[:, :1] * (h @ classifier.weight.T)
             label = binary_label(labels, head.name)
             if label is not None and len(instance_classifiers):
                 branch = scores[:, label if self.multi_branch else 0]
                 instance_loss = instance_loss + self.clustering_loss(h, branch, instance_classifiers[label])
-        return MILOutput(logits, attention, instance_loss)
+        return MILOutput(logits, attention, instance_loss, per_output)
 
     def clustering_loss(self, h: Tensor, scores: Tensor, classifier: nn.Linear) -> Tensor:
         """Instance loss of one task: top-k attended instances are positives of ``classifier``,

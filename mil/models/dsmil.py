@@ -5,7 +5,8 @@ their queries, softmax over instances; the attention-weighted bag embeddings of 
 classes feed the bag classifier. In training with a known binary label, the BCE of the
 critical instance's score is the model's ``instance_loss`` (the paper's max-pooling
 stream, which trains the instance classifier). The attention map is the DSMIL attention
-(the mean over classes for a head with several outputs)."""
+(the mean over classes for a head with several outputs, whose per-class attention is also
+returned as per-output maps)."""
 
 from __future__ import annotations
 
@@ -50,13 +51,18 @@ class DSMIL(MILModel):
         self.streams = nn.ModuleList(DSMILHead(hidden, head.n_outputs, query_dim) for head in self.heads)
 
     def aggregate(self, h: Tensor, labels: dict[str, Tensor] | None) -> MILOutput:
-        logits, attention = {}, {}
+        logits, attention, per_output = {}, {}, {}
         instance_loss = h.new_zeros(())
         for head, stream in zip(self.heads, self.streams):
             logits[head.name], weights, critical_logits = stream(h)
             attention[head.name] = weights[:, 0] if head.n_outputs == 1 else weights.mean(dim=1)
+            if head.n_outputs > 1:
+                per_output[head.name] = weights
             label = binary_label(labels, head.name)
             if label is not None and head.n_outputs == 1:
                 instance_loss = instance_loss + F.binary_cross_entropy_with_logits(
                     critical_logits, critical_logits.new_full((1,), float(label)))
-        return MILOutput(logits, attention, instance_loss)
+        return MILOutput(logits, attention, instance_loss, per_output)
+
+    def output_layer(self, index: int) -> nn.Linear | None:
+        return self.streams[index].bag_classifier

@@ -1,6 +1,7 @@
 """Pooling baselines: the shared encoder, then mean or max over instances, then a linear
 head per task. The importance of an instance is its own head score (the head applied to
-the instance instead of the pooled vector)."""
+the instance instead of the pooled vector); a head with several outputs also returns each
+output's instance scores as per-output maps."""
 
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ class PoolingMIL(MILModel):
 
     def aggregate(self, h: Tensor, labels: dict[str, Tensor] | None) -> MILOutput:
         pooled = self.reduce(h)
-        logits, attention = {}, {}
+        logits, attention, per_output = {}, {}, {}
         for head, classifier in zip(self.heads, self.classifiers):
             logits[head.name] = classifier(pooled)
-            attention[head.name] = instance_importance(classifier(h))
-        return MILOutput(logits, attention, h.new_zeros(()))
+            scores = classifier(h)
+            attention[head.name] = instance_importance(scores)
+            if head.n_outputs > 1:
+                per_output[head.name] = scores
+        return MILOutput(logits, attention, h.new_zeros(()), per_output)
 
 
 @register_model("mean")

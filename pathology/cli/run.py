@@ -9,12 +9,13 @@ import torch
 import typer
 from rich.console import Console
 
-from mil.predict import load_run
+from mil.predict import case_covariates, load_run
 
 from ..batch import run_batch, status_path, summary_table
 from ..cores import available_cores
 from ..embed import EmbedOptions
 from ..embed.stage import EncoderChoice
+from ..errors import InputError
 from ..heatmap import NORMALIZERS, HeatmapOptions
 from ..inputs import expand_inputs, parse_shard, take_shard
 from ..roi import roi_source
@@ -63,6 +64,9 @@ def run_command(
                                                              "Tumor); repeatable.", show_default=False)] = None,
     stain_ref: Annotated[Path | None, typer.Option(help="The custom stain reference the run was trained with.",
                                                    exists=True, dir_okay=False)] = None,
+    clinical: Annotated[Path | None, typer.Option(help="Table of each slide's clinical covariates (columns slide_id "
+                                                       "and the run's covariates), for a run trained with them.",
+                                                  exists=True, dir_okay=False)] = None,
     device: Device = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Patches per encoder forward pass.")] = 64,
     normalize: Annotated[str, typer.Option(help=f"Heatmap normalization: {', '.join(NORMALIZERS)}.")]
@@ -83,8 +87,9 @@ def run_command(
     """Apply a trained model to slides: tile → embed → predict → heatmap, with the tiling and
     encoder settings the model was trained with (a mismatch is an error).
 
-    Writes OUT/results.csv (one row per slide: each task's score and call with its cut-off),
-    OUT/heatmaps/<slide>/ and OUT/report.html. Reruns reuse finished bags and features.
+    Writes OUT/results.csv (one row per slide: each task's score and call with its cut-off, class
+    probabilities, value or risk), OUT/heatmaps/<slide>/ and OUT/report.html. A run trained with
+    clinical covariates needs --clinical. Reruns reuse finished bags and features.
     A bad slide is reported and skipped; exit code 1 if any failed, 2 for bad input.
     """
     console = setup_logging(verbose, quiet)
@@ -97,6 +102,10 @@ def run_command(
         for s in slides:        # every ROI file read once up front: a bad one stops the batch before any work
             rois.load(s.slide_id)
         run = load_run(model, device=device if choice.is_local else "cpu")
+        if run.covariates and clinical is None:
+            raise InputError(f"{model}: the run uses clinical covariates ({', '.join(run.covariates)}); give each "
+                             f"slide's values with --clinical TABLE (columns slide_id, {', '.join(run.covariates)})")
+        covariates = case_covariates(run, clinical) if run.covariates else None
         tiling = tile_options(run.config, model, mpp=mpp, stain_ref=stain_ref)
         features = encoder_settings(run.config, model)
         threads = available_cores() if choice.is_local else choice.slide_threads(len(slides))[1]
@@ -104,7 +113,7 @@ def run_command(
         loaded = (encoder if choice.is_local else EncoderChoice(features.encoder, weights, device="cpu")).load()
         check_encoder(loaded, features)  # the run's encoder and weights, before any slide is touched
         heat = HeatmapOptions(normalization=normalize, max_size=max_size, top_k=top_k)
-        options = PredictOptions(model, out, heat, device)
+        options = PredictOptions(model, out, heat, device, covariates, clinical)
         stages = run_stages(options, tiling, encoder, EmbedOptions(batch_size=batch_size, threads=threads), threads,
                             stage_dir, rois or None)
         engine = choice.build(states=[None, loaded, None])

@@ -10,6 +10,12 @@ only the missing work. Outputs of ``pathology run --out DIR``::
     DIR/attention/<slide_id>.h5                            per-patch attention per task
     DIR/heatmaps/<slide_id>/<task>.{heatmap.png,montage.png,scores.csv,geojson}
     DIR/results.csv, DIR/report.html                       one row / one card per slide
+
+``results.csv`` has, per task: binary ``<task>_score, <task>_call, <task>_threshold``;
+multiclass ``<task>_call`` and ``<task>_p_<class>`` per class; regression ``<task>_value``;
+survival ``<task>_risk``. A run trained with clinical covariates takes each slide's values
+from ``PredictOptions.covariates`` (``pathology run --clinical``); a patient-level run scores
+each slide as its own bag (pooling a patient's slides is ``mil predict --manifest``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import h5py
 
-from mil.predict import Run, load_run, predict_file
+from mil.predict import Run, class_map, load_run, predict_file
 
 from ..embed import EmbedOptions
 from ..embed.stage import EncoderChoice, embed_stage
@@ -52,6 +58,8 @@ class PredictOptions:
     out: Path
     heatmap: HeatmapOptions
     device: str = "auto"
+    covariates: dict[str, dict[str, object]] | None = None   # slide_id -> covariate values (--clinical)
+    clinical: Path | None = None                             # the table they came from, for messages
 
     @property
     def bags(self) -> Path:
@@ -73,11 +81,16 @@ def predict_slide(slide: SlideInput, advance: Callable[[int], None], *, options:
         empty = len(f["coords"]) == 0
     if empty:
         raise UserError(f"{slide.path}: no tissue found (see {options.bags / 'qc' / (sid + '.png')})")
-    scores, n = predict_file(run, sid, bag, options.out, run.features)
+    covariates = None
+    if run.covariates:
+        covariates = (options.covariates or {}).get(sid)
+        if covariates is None:
+            raise UserError(f"{slide.path}: no row for slide {sid!r} in the clinical table {options.clinical} "
+                            f"(the run needs {', '.join(run.covariates)})")
+    scores, n = predict_file(run, sid, bag, options.out, run.features, covariates)
     heatmap_slide(bag, attention_file(options.out / "attention" / f"{sid}.h5"), options.out / "heatmaps",
                   options.heatmap)
-    calls = ", ".join(f"{t.task} {t.call if t.kind == 'binary' else 'risk'} {t.score:.2f}"
-                      for t in task_results(run, sid, scores, options.out))
+    calls = ", ".join(f"{t.task} {t.call} {t.score:.2f}" for t in task_results(run, sid, scores, options.out))
     trust = assess_slide(run, bag)
     calls += "" if trust.reliable else f" ({NOT_RELIABLE})"
     return Outcome(sid, "done", n, time.perf_counter() - t0, calls, data={"scores": scores, "trust": trust.to_data()})
@@ -93,12 +106,23 @@ def run_stages(options: PredictOptions, tiling: TileOptions, encoder: EncoderCho
             Stage("predict", partial(predict_slide, options=options))]
 
 
-def task_results(run: Run, slide_id: str, scores: dict[str, float], out: Path) -> list[TaskResult]:
-    """Each task's score and call (binary: at the run's cut-off) with its heatmap."""
-    thresholds = run.config.thresholds
+def task_results(run: Run, slide_id: str, scores: dict, out: Path) -> list[TaskResult]:
+    """Each task's score and call (binary: at the run's cut-off; multiclass: the most probable
+    class) with its heatmaps."""
     folder = out / "heatmaps" / slide_id
-    return [TaskResult(task, kind, scores[task], thresholds.get(task) if kind == "binary" else None,
-                       folder / f"{safe_name(task)}.heatmap.png") for task, kind in run.kinds.items()]
+    results = []
+    for head in run.config.heads:
+        score = scores[head.name]
+        heatmap = folder / f"{safe_name(head.name)}.heatmap.png"
+        if head.kind == "multiclass":
+            probs = tuple(map(float, score))
+            maps = tuple(folder / f"{safe_name(class_map(head.name, c))}.heatmap.png" for c in head.classes)
+            results.append(TaskResult(head.name, head.kind, max(probs), None, heatmap, head.classes, probs,
+                                      maps if all(m.exists() for m in maps) else ()))
+        else:
+            results.append(TaskResult(head.name, head.kind, float(score), head.threshold if head.kind == "binary"
+                                      else None, heatmap, head.classes))
+    return results
 
 
 def slide_reports(outcomes: list[Outcome], run: Run, out: Path) -> list[SlideReport]:
@@ -112,23 +136,37 @@ def slide_reports(outcomes: list[Outcome], run: Run, out: Path) -> list[SlideRep
     return reports
 
 
+RESULT_COLUMNS = {  # kind -> results.csv columns of a task (multiclass adds one probability per class)
+    "binary": ("score", "call", "threshold"),
+    "multiclass": ("call",),
+    "regression": ("value",),
+    "survival": ("risk",),
+}
+
+
 def results_rows(reports: list[SlideReport], outcomes: list[Outcome], run: Run) -> tuple[list[str], list[dict]]:
-    """``results.csv``: one row per slide with each task's score, call and threshold."""
+    """``results.csv``: one row per slide with each task's columns (:data:`RESULT_COLUMNS`)."""
     header = ["slide_id", "status", "patches"]
-    for task, kind in run.kinds.items():
-        header += [f"{task}_score", f"{task}_call", f"{task}_threshold"] if kind == "binary" else [f"{task}_risk"]
+    for head in run.config.heads:
+        header += [f"{head.name}_{c}" for c in RESULT_COLUMNS[head.kind]]
+        header += [f"{head.name}_p_{c}" for c in head.classes] if head.kind == "multiclass" else []
     header.append("message")
     rows = []
     for report, o in zip(reports, outcomes, strict=True):
         row: dict = {"slide_id": o.slide_id, "status": o.status, "patches": o.count, "message": o.message}
         for t in report.tasks:
-            if t.kind == "binary":
-                row.update({f"{t.task}_score": f"{t.score:.6f}", f"{t.task}_call": t.call,
-                            f"{t.task}_threshold": t.threshold})
-            else:
-                row[f"{t.task}_risk"] = f"{t.score:.6f}" if math.isfinite(t.score) else ""
+            row.update(_result_cells(t))
         rows.append(row)
     return header, rows
+
+
+def _result_cells(t: TaskResult) -> dict:
+    if t.kind == "binary":
+        return {f"{t.task}_score": f"{t.score:.6f}", f"{t.task}_call": t.call, f"{t.task}_threshold": t.threshold}
+    if t.kind == "multiclass":
+        return {f"{t.task}_call": t.call, **{f"{t.task}_p_{c}": f"{p:.6f}" for c, p in zip(t.classes, t.probabilities)}}
+    column = "value" if t.kind == "regression" else "risk"
+    return {f"{t.task}_{column}": f"{t.score:.6f}" if math.isfinite(t.score) else ""}
 
 
 def write_results(path: Path, header: list[str], rows: list[dict]) -> None:

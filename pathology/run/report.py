@@ -47,19 +47,28 @@ _VIEWER_PROBE = ('<script>if(location.protocol!=="file:")fetch("api/viewer").the
 
 @dataclass
 class TaskResult:
-    """One task's answer for one slide."""
+    """One task's answer for one slide: a binary probability with its cut-off, a multi-class
+    task's class probabilities, a regression value or a survival risk."""
 
     task: str
-    kind: str                       # "binary" or "survival"
-    score: float
+    kind: str                       # "binary", "multiclass", "regression" or "survival"
+    score: float                    # binary: probability; multiclass: the called class's probability
     threshold: float | None = None  # binary tasks: the call's cut-off
     heatmap: Path | None = None
+    classes: tuple[str, ...] = ()   # multiclass: every class; binary: () or (negative, positive) names
+    probabilities: tuple[float, ...] = ()   # multiclass: one per class
+    class_heatmaps: tuple[Path, ...] = ()   # multiclass: one map per class, where the model gives them
 
     @property
     def call(self) -> str:
+        if self.kind == "multiclass":
+            return self.classes[max(range(len(self.probabilities)), key=self.probabilities.__getitem__)]
         if self.kind != "binary" or self.threshold is None:
-            return "risk"
-        return "positive" if self.score >= self.threshold else "negative"
+            return "value" if self.kind == "regression" else "risk"
+        positive = self.score >= self.threshold
+        if len(self.classes) == 2:
+            return self.classes[int(positive)]
+        return "positive" if positive else "negative"
 
 
 @dataclass
@@ -88,12 +97,20 @@ def _viewer_link(slide_id: str, text: str) -> str:
 
 
 def _call_html(t: TaskResult, reliable: bool = True) -> str:
-    if t.kind != "binary":
-        text = f"risk {t.score:.3f}"
-    else:
-        css = "pos" if t.call == "positive" else "neg"
-        text = f'<span class="{css}">{t.call}</span> ({t.score:.3f}, cut-off {t.threshold:g})'
+    text = _call_text(t)
     return text if reliable else f'<span class="unreliable">{text}</span> <span class="warn">not reliable</span>'
+
+
+def _call_text(t: TaskResult) -> str:
+    if t.kind == "multiclass":
+        probs = ", ".join(f"{html.escape(c)} {p:.2f}" for c, p in zip(t.classes, t.probabilities))
+        return f'<span class="pos">{html.escape(t.call)}</span> ({probs})'
+    if t.kind == "regression":
+        return f"{t.score:.3g}"
+    if t.kind != "binary":
+        return f"risk {t.score:.3f}"
+    css = "pos" if t.score >= t.threshold else "neg"
+    return f'<span class="{css}">{html.escape(t.call)}</span> ({t.score:.3f}, cut-off {t.threshold:g})'
 
 
 def _metrics_html(rows: Sequence[Sequence[str]], figures: Sequence[Path], out_dir: Path) -> str:
@@ -130,6 +147,7 @@ def render_report(slides: Sequence[SlideReport], out_dir: Path, *, title: str, m
             continue
         pictures = [_img(s.thumbnail, out_dir, "thumbnail, tissue and patch grid")]
         pictures += [_img(t.heatmap, out_dir, f"{t.task}: attention") for t in s.tasks]
+        pictures += [_img(h, out_dir, f"{t.task}: {c}") for t in s.tasks for c, h in zip(t.classes, t.class_heatmaps)]
         calls = "; ".join(f"{html.escape(t.task)}: {_call_html(t, s.reliable)}" for t in s.tasks)
         calls += "".join(f'<br><span class="warn">⚠ {html.escape(w)}</span>' for w in s.warnings)
         cards.append(f'<div class="card" id="{html.escape(s.slide_id)}"><h2>{html.escape(s.slide_id)}'

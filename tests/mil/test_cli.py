@@ -25,8 +25,11 @@ from mil.losses import risk_from_hazards
 from mil.models import Head, create_model
 from tests.factories import DIM, ENCODER, write_bag, write_cohort
 
+# the plumbing tests train fast: a few large steps, the early-stopped model kept (--no-refit); the
+# default recipe (refit for the epochs chosen on inner splits) is tested in test_kinds.py and measured
+# on real bags by benchmarks/bench_mil_recipe.py
 FAST = ["--folds", "3", "--epochs", "10", "--patience", "4", "--hidden", "16", "--batch-size", "4", "--lr", "1e-2",
-        "--bootstrap", "200"]
+        "--no-refit", "--bootstrap", "200"]
 TASKS = ["--target", "er,pr", "--survival", "os_time,os_event"]
 
 

@@ -214,6 +214,10 @@ def test_shipped_examples_are_valid():
     assert len(c.table) >= 3 and np.isnan(c.labels("er")).any()                  # an unknown label
     surv = c.labels("survival")
     assert (surv[:, 1] == 0).any()                                                 # a censored row
+    k = load_manifest(EXAMPLES / "template.csv", targets=["grade", "ki67"], covariates=["age", "stage"])
+    assert [(t.kind, t.classes) for t in k.tasks] == [("multiclass", ("1", "2", "3")), ("regression", ())]
+    assert [(v.name, v.kind) for v in k.covariates] == [("age", "numeric"), ("stage", "categorical")]
+    assert np.isnan(k.covariate_values(k.covariates[0])).sum() == 1               # a missing covariate
     s = load_manifest(EXAMPLES / "stamp" / "slide.csv", clinical=EXAMPLES / "stamp" / "clini.csv",
                       targets=["ER", "HER2"], survival=("OS_MONTHS", "OS_EVENT"))
     assert s.table["patient_id"].nunique() < len(s.table)                          # a patient with 2 slides

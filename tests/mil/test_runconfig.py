@@ -1,8 +1,8 @@
-"""``config.json`` as a typed, versioned record (``mil-run/1``): a run folder written by
+"""``config.json`` as a typed, versioned record (``mil-run/2``): a run folder written by
 pathology-mil 0.1.0 (no schema; tests/data/runs/mil-run-0.1.0, see its README) keeps loading,
-predicting and driving ``pathology run``; a fresh run's file reads back as the same object and
-keeps 0.1.0's keys; a future schema and a bad field are refused in one line naming the file and
-the field (exit 2)."""
+predicting and driving ``pathology run``, as does a ``mil-run/1`` file; a fresh run's file reads
+back as the same object and keeps 0.1.0's keys; a future schema and a bad field are refused in
+one line naming the file and the field (exit 2)."""
 
 from __future__ import annotations
 
@@ -83,23 +83,45 @@ def test_the_legacy_run_loads_as_an_upgraded_config():
     assert run.kinds == {"tumor": "binary", "survival": "survival"} and len(run.models) == 2
     assert config.thresholds == {"tumor": 0.5, "survival": None} and run.survival_loss == "nll"
     assert [h.n_outputs for h in config.heads] == [1, 4]           # 4 NLL time bins (the default)
+    # the README's command, with the recipe of its version: no refit, standardized features, 8 bags a step
     assert config.train == TrainConfig(model="abmil", targets=("tumor",), survival=("os_time", "os_event"), folds=2,
-                                       epochs=3, patience=2, hidden=16, n_bootstrap=50)   # the README's command
+                                       epochs=3, patience=2, hidden=16, n_bootstrap=50, batch_size=8, refit=False,
+                                       inner_folds=1, scaling="standard")
+    assert (config.level, config.covariates) == ("slide", ())
+    assert [h.classes for h in config.heads] == [(), ()] and all(f.targets == {} for f in config.folds)
     assert [f.test for f in config.folds] == [("synthetic_001", "synthetic_003", "synthetic_004", "synthetic_006"),
                                               ("synthetic_000", "synthetic_002", "synthetic_005", "synthetic_007")]
     assert config.software.version == "0.1.0" and config.manifest.n_slides == 8
     assert config.manifest.sha256 == hashlib.sha256((LEGACY / "manifest.csv").read_bytes()).hexdigest()
     assert config.feature_attrs.encoder == LEGACY_ENCODER and config.feature_attrs.dim == LEGACY_DIM
     assert config.tile_params["grid"] == {"min_tissue": 0.5, "overlap": 0, "patch_size": 256, "target_mpp": 0.5}
-    # written back, the upgraded config is the file plus its schema and the fields added since 0.1.0
-    # at their defaults: no key lost or renamed
-    legacy = legacy_json()
-    added_since = {"threads": None, "calibration": "none", "ood_alpha": 0.01, "cohort_name": None, "synthetic": None,
-                   "intended_use": ""}
-    records_since = {"provenance": None, "ood": None, "calibration": None}   # the model card's (issue 19)
+    # written back, the upgraded config is the file plus its schema and the keys added since 0.1.0,
+    # those at the values that reproduce what 0.1.0 did: no key lost, renamed or changed
+    written = config.to_json()
+    assert drop_later_keys(written) == {"schema": SCHEMA, **legacy_json()}
+    added_since = {"threads": None, "kinds": {}, "covariates": [], "level": "slide", "refit": False, "inner_folds": 1,
+                   "scaling": "standard", "class_balance": True, "calibration": "none", "ood_alpha": 0.01,
+                   "cohort_name": None, "synthetic": None, "intended_use": ""}
+    assert {k: written["train"][k] for k in added_since} == added_since
+    assert (written["level"], written["covariates"]) == ("slide", [])
+    # the model card's records (issue 19): none in a run made before them
     assert config.provenance is None and config.ood is None and config.calibration is None
-    assert config.to_json() == {"schema": SCHEMA, **legacy, **records_since,
-                                "train": {**legacy["train"], **added_since}}
+    assert (written["provenance"], written["ood"], written["calibration"]) == (None, None, None)
+
+
+LATER_KEYS = {"": ("level", "covariates", "provenance", "ood", "calibration"), "heads": ("classes",),
+              "folds": ("targets", "covariates"),
+              "train": ("kinds", "covariates", "level", "refit", "inner_folds", "scaling", "class_balance", "threads",
+                        "calibration", "ood_alpha", "cohort_name", "synthetic", "intended_use")}
+
+
+def drop_later_keys(raw: dict) -> dict:
+    """A config.json without the keys added after 0.1.0 (:data:`LATER_KEYS`)."""
+    raw = {k: v for k, v in raw.items() if k not in LATER_KEYS[""]}
+    raw["heads"] = [{k: v for k, v in h.items() if k not in LATER_KEYS["heads"]} for h in raw["heads"]]
+    raw["folds"] = [{k: v for k, v in f.items() if k not in LATER_KEYS["folds"]} for f in raw["folds"]]
+    raw["train"] = {k: v for k, v in raw["train"].items() if k not in LATER_KEYS["train"]}
+    return raw
 
 
 def test_mil_predict_applies_the_legacy_run(tmp_path):
@@ -189,7 +211,7 @@ def test_a_fresh_run_reads_back_as_what_was_trained(fresh, tmp_path):
     root, trained = fresh
     path = root / "run" / "config.json"
     config = RunConfig.read(path)
-    assert config.schema == SCHEMA and json.loads(path.read_text())["schema"] == "mil-run/1"
+    assert config.schema == SCHEMA and json.loads(path.read_text())["schema"] == "mil-run/2"
     assert config.train == trained and TrainConfigFromTrain is TrainConfig
     assert config.software.version == __version__ and config.software.name == "pathology-mil"
     assert (config.features, config.in_dim, config.model.in_dim) == (ENCODER, DIM, DIM)
@@ -210,11 +232,11 @@ def test_a_fresh_run_reads_back_as_what_was_trained(fresh, tmp_path):
 def test_a_fresh_run_keeps_the_keys_of_0_1_0(fresh):
     """Scripts written against 0.1.0's config.json find every key where it was."""
     new, old = json.loads((fresh[0] / "run" / "config.json").read_text()), legacy_json()
-    assert list(new) == ["schema", *old, "provenance", "ood", "calibration"]   # added at the end (issue 19)
+    assert list(new) == ["schema", *old, *LATER_KEYS[""]]
     for section in ("software", "train", "model", "survival", "manifest"):
         assert set(old[section]) <= set(new[section]), section
-    assert all(set(old["heads"][0]) == set(h) for h in new["heads"])
-    assert all(set(old["folds"][0]) == set(f) for f in new["folds"])
+    assert all(set(h) == {*old["heads"][0], *LATER_KEYS["heads"]} for h in new["heads"])
+    assert all(set(f) == {*old["folds"][0], *LATER_KEYS["folds"]} for f in new["folds"])
     assert set(old["bag_settings"]) == set(new["bag_settings"])
     assert set(old["bag_settings"]["features"]) == set(new["bag_settings"]["features"])
 
@@ -240,7 +262,8 @@ BAD_FIELDS = [   # (field, value or ... to delete it, the line's tail)
     ("in_dim", ..., "field 'in_dim' is missing"),
     ("in_dim", "110", "field 'in_dim' must be an integer, not a string ('110')"),
     ("heads.0.n_outputs", ..., "field 'heads[0].n_outputs' is missing"),
-    ("heads.1.kind", "regression", "field 'heads[1].kind' must be one of 'binary', 'survival', not 'regression'"),
+    ("heads.1.kind", "ordinal",
+     "field 'heads[1].kind' must be one of 'binary', 'multiclass', 'regression', 'survival', not 'ordinal'"),
     ("heads.0.threshold", "high", "field 'heads[0].threshold' must be a number or null, not a string ('high')"),
     ("model.dropout", None, "field 'model.dropout' must be a number, not null"),
     ("model.in_dim", 64, "field 'model.in_dim' is 64, but in_dim is 110"),
@@ -255,10 +278,11 @@ BAD_FIELDS = [   # (field, value or ... to delete it, the line's tail)
 ]
 
 
-@pytest.mark.parametrize("schema", [None, SCHEMA], ids=["0.1.0", "mil-run/1"])
+@pytest.mark.parametrize("schema", [None, "mil-run/1", SCHEMA], ids=["0.1.0", "mil-run/1", "mil-run/2"])
 @pytest.mark.parametrize(("field", "value", "message"), BAD_FIELDS, ids=[f[0] for f in BAD_FIELDS])
 def test_a_bad_field_is_named(field, value, message, schema):
-    raw = _set(legacy_json(), field, value)
+    base = legacy_json() if schema != SCHEMA else RunConfig.from_json(legacy_json()).to_json()
+    raw = _set(base, field, value)
     if schema:
         raw["schema"] = schema
     with pytest.raises(RunError) as info:
@@ -268,13 +292,14 @@ def test_a_bad_field_is_named(field, value, message, schema):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda c: c.update(schema="mil-run/2", software={**c["software"], "version": "9.0.0"}),
-     "config.json: written by a newer version (pathology-mil 9.0.0, schema mil-run/2); "
-     f"pathology-mil {__version__} reads up to mil-run/1: upgrade pathology-mil to use this run"),
+    (lambda c: c.update(schema="mil-run/3", software={**c["software"], "version": "9.0.0"}),
+     "config.json: written by a newer version (pathology-mil 9.0.0, schema mil-run/3); "
+     f"pathology-mil {__version__} reads up to mil-run/2: upgrade pathology-mil to use this run"),
     (lambda c: c.update(schema="pathology-bag/1"), "config.json: field 'schema' is 'pathology-bag/1', not mil-run/"),
     (lambda c: c["heads"][0].pop("n_outputs"), "config.json: field 'heads[0].n_outputs' is missing"),
+    (lambda c: c.update(schema="mil-run/2"), "config.json: field 'heads[0].classes' is missing"),
     (lambda c: c.update(in_dim=[110]), "config.json: field 'in_dim' must be an integer, not a list"),
-], ids=["future schema", "other schema", "missing field", "ill-typed field"])
+], ids=["future schema", "other schema", "missing field", "a version-1 file called version 2", "ill-typed field"])
 def test_mil_predict_refuses_the_config_in_one_line(tmp_path, edit, message):
     run = tmp_path / "run"
     shutil.copytree(LEGACY, run)

@@ -24,7 +24,9 @@ from tests.factories import DIM, ENCODER, write_bag, write_cohort
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-FAST = dict(folds=3, epochs=10, patience=4, hidden=16, batch_size=4, n_bootstrap=200, lr=1e-2)
+# fast: large steps, one bag each, the early-stopped model kept (refit=False; the default recipe's refit is
+# tested in test_kinds.py and measured on real bags by benchmarks/bench_mil_recipe.py)
+FAST = dict(folds=3, epochs=10, patience=4, hidden=16, n_bootstrap=200, lr=1e-2, refit=False)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def test_same_seed_same_metrics_and_run_folder(cohort_dir, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["features"] == ENCODER and config["in_dim"] == DIM
     assert config["heads"] == [{"name": "er", "kind": "binary", "columns": ["er"], "n_outputs": 1, "threshold": 0.5,
-                                "output": "probability"}]
+                                "output": "probability", "classes": []}]
     assert config["bag_settings"]["features"]["encoder"] == ENCODER
     assert config["bag_settings"]["patch_size"] == 256 and config["bag_settings"]["tiling"]["target_mpp"] == 0.5
     assert len(config["manifest"]["sha256"]) == 64
@@ -95,7 +97,7 @@ def test_survival_with_known_hazard(tmp_path, loss):
     cohort = load(root, targets=(), survival=("os_time", "os_event"))
     # no early stop: the validation NLL of ~13 patients is too noisy to pick an epoch on this toy
     config = TrainConfig(model="abmil", survival=("os_time", "os_event"), survival_loss=loss,
-                         **{**FAST, "epochs": 15, "patience": 15, "folds": 3})
+                         **{**FAST, "epochs": 15, "patience": 15, "folds": 3, "batch_size": 4})
     result = train_cross_validation(cohort, config, tmp_path / "run")
     c = result["tasks"]["survival"]["metrics"]["c_index"]
     # the true z scores ~0.83; chance is 0.5. Pooled NLL risks mix folds with different bin edges.
@@ -170,3 +172,46 @@ def test_features_are_standardized_with_the_training_folds_statistics(tmp_path):
                                                                          abs=0.05)
     weights = load_file(tmp_path / "run_shifted" / "fold_0" / "model.safetensors")
     assert weights["input_mean"][0] > 250 and weights["input_scale"][2] == pytest.approx(1 / 40, rel=0.2)
+
+
+@pytest.mark.slow
+def test_the_recipe_chooses_the_epochs_on_inner_splits_and_refits_on_all_training_patients(cohort_dir, tmp_path,
+                                                                                         monkeypatch):
+    """The default recipe (README, "Training recipe"), watched from the epochs it runs: per fold,
+    three models train side by side on the inner splits (each training patient validates in
+    exactly one), then one model trains on every training patient for the chosen number of
+    epochs; the test patients never train."""
+    import mil.train
+    from mil.splits import make_folds
+
+    epochs = []
+    real = mil.train.run_epoch
+
+    def watched(model, dataset, rows, *args, **kwargs):
+        epochs.append(frozenset(int(r) for r in rows))
+        return real(model, dataset, rows, *args, **kwargs)
+
+    monkeypatch.setattr(mil.train, "run_epoch", watched)
+    cohort = load(cohort_dir)
+    config = TrainConfig(targets=("er",), **{**FAST, "refit": True, "epochs": 5, "patience": 5})
+    assert config.inner_folds == 3 and TrainConfig().refit  # the defaults
+    result = train_cross_validation(cohort, config, tmp_path / "run")
+    folds = make_folds(cohort, 3, seed=0, inner_folds=3)   # what the run split, recomputed
+    patients = cohort.table["patient_id"].to_numpy()
+    for fold, record in zip(folds, result["training"], strict=True):
+        training = set(fold.training.tolist())
+        validated = [set(val.tolist()) for _, val in fold.inner]
+        assert len(fold.inner) == 3 and set().union(*validated) == training
+        assert sum(map(len, validated)) == len(training)                      # each validates once
+        for train, val in fold.inner:
+            assert set(train.tolist()) | set(val.tolist()) == training
+            assert not set(patients[train]) & set(patients[val])               # patient-grouped
+        inner = [frozenset(train.tolist()) for train, _ in fold.inner]
+        n_select = 3 * record["epochs_run"]
+        run = epochs[:n_select + record["best_epoch"] + 1]
+        del epochs[:len(run)]
+        assert run[:n_select] == inner * record["epochs_run"]                 # side by side, epoch by epoch
+        assert run[n_select:] == [frozenset(training)] * (record["best_epoch"] + 1)   # the refit
+        assert not training & set(fold.test.tolist())
+        assert record["refit"] and record["inner_splits"] == 3 and record["n_refit"] == len(training)
+    assert not epochs

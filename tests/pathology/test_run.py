@@ -135,3 +135,40 @@ def test_run_tiles_only_inside_the_roi(trained, tmp_path):
     roi.write_text("{not json")
     bad = invoke("run", tmp_path / "s1.svs", "--model", trained / "model", "--out", tmp_path / "bad", "--roi", roi)
     assert bad.exit_code == 2 and "s1.geojson: not valid JSON" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_run_reports_a_multiclass_and_a_regression_task(trained, tmp_path):
+    """A run with a multi-class grade and a regression Ki-67 on the same bags: results.csv has each
+    class's probability (the call is the most probable class) and the value, as `mil predict`
+    scores the bag; the report shows them with one heatmap per class beside the task's."""
+    manifest = tmp_path / "manifest.csv"
+    rows = [f"s{i},p{i},{(1, 2, 3)[i % 3]},{10.0 + 12 * i}" for i in range(6)]     # grade 1-3, ki67 10-70
+    manifest.write_text("slide_id,patient_id,grade,ki67\n" + "\n".join(rows) + "\n")
+    # six whole numbers would read as six classes: the kind is given, as --kind ki67=regression does
+    cohort = load_manifest(manifest, targets=["grade", "ki67"], bags_dir=trained / "bags", kinds={"ki67": "regression"})
+    assert [(t.name, t.kind, t.classes) for t in cohort.tasks] == [("grade", "multiclass", ("1", "2", "3")),
+                                                                   ("ki67", "regression", ())]
+    train_cross_validation(cohort, TrainConfig(model="abmil", folds=2, epochs=2, patience=2, hidden=16,
+                                               n_bootstrap=20), tmp_path / "model")
+    out = tmp_path / "out"
+    result = invoke("run", trained / "slides" / "s1.svs", "--model", tmp_path / "model", "--out", out)
+    assert result.exit_code == 0, result.output
+    with open(out / "results.csv") as fh:
+        reader = csv.DictReader(fh)
+        row = next(reader)
+    assert [c for c in reader.fieldnames if c.startswith(("grade", "ki67"))] == [
+        "grade_call", "grade_p_1", "grade_p_2", "grade_p_3", "ki67_value"]
+    probs = [float(row[f"grade_p_{c}"]) for c in "123"]
+    assert sum(probs) == pytest.approx(1, abs=1e-5) and row["grade_call"] == "123"[int(np.argmax(probs))]
+    with h5py.File(out / "bags" / "s1.h5") as f:
+        x = f["features/stain-texture"][:].astype(np.float32)
+    scores, attention = predict_bag(load_run(tmp_path / "model"), x)
+    np.testing.assert_allclose(probs, scores["grade"], atol=1e-5)
+    assert float(row["ki67_value"]) == pytest.approx(scores["ki67"], abs=1e-4)
+    assert {"grade", "grade=1", "grade=2", "grade=3", "ki67"} <= set(attention)
+    html = (out / "report.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', html)
+    for name in ("grade", "grade_1", "grade_2", "grade_3", "ki67"):   # a class's map: <task>=<class>, file-safe
+        assert f"heatmaps/s1/{name}.heatmap.png" in images, name
+    assert all((out / src).is_file() for src in images)
+    assert f"{float(row['ki67_value']):.3g}" in html and f"1 {probs[0]:.2f}, 2 {probs[1]:.2f}" in html

@@ -55,7 +55,8 @@ def scored(tmp_path_factory):
     invoke(app, "embed", root / "bags", "-q")
     invoke(mil_app, "train", "--manifest", root / "manifest.csv", "--bags", root / "bags", "--out", root / "model",
            "--target", "tumor", "--survival", "os_time,os_event", "--survival-loss", "cox", "--folds", "2",
-           "--epochs", "30", "--patience", "30", "--lr", "2e-3", "--hidden", "32", "--bootstrap", "20", "-q")
+           "--epochs", "30", "--patience", "30", "--lr", "2e-3", "--hidden", "32", "--bootstrap", "20", "--no-refit",
+           "-q")
     truth = write_synthetic_slide(root / "new" / "new.svs", SynthConfig(width=4096, height=3072, seed=99,
                                                                          tumor_fraction=0.3))
     invoke(app, "run", root / "new", "--model", root / "model", "--out", root / "out", "-q")
