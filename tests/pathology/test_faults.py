@@ -85,7 +85,7 @@ def bag_content(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory) -> Path:
-    """Two synthetic SVS slides: 'big' (~17 MB bag with patches) and 'small' (~4 MB)."""
+    """Two synthetic SVS slides: 'big' and 'small' (bags of ~17 and ~4 MB with raw patches, ~8x smaller as JPEG)."""
     folder = tmp_path_factory.mktemp("slides")
     write_synthetic_slide(folder / "big.svs", SynthConfig(width=3072, height=2048, mpp=0.5, seed=2))
     write_synthetic_slide(folder / "small.svs", SynthConfig(width=2048, height=1536, mpp=0.5, seed=10))
