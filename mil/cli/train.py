@@ -103,8 +103,9 @@ def train_command(
     = 1.0,
     gpus_per_fold: Annotated[float, typer.Option(min=0.0, help="Ray: GPUs per fold task (fractions share a "
                                                                "GPU).")] = 0.0,
-    calibration: Annotated[Calibration, typer.Option(help="temperature: fit a temperature per task and fold on the "
-                                                          "inner validation slides; applied at prediction.")]
+    calibration: Annotated[Calibration, typer.Option(help="temperature (with --no-refit): fit a temperature per task "
+                                                          "and fold on the inner validation slides; applied at "
+                                                          "prediction.")]
     = Calibration[DEFAULTS.calibration],
     cohort_name: Annotated[str | None, typer.Option(help="The cohort's name on the model card (default: the "
                                                          "manifest's folder).")] = None,

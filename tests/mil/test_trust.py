@@ -22,6 +22,7 @@ from mil.predict import load_run, predict_bag
 from mil.provenance import SYNTHETIC_WARNING, record_provenance
 from mil.runconfig import RunConfig
 from mil.train import TrainConfig, train_cross_validation
+from pathology.errors import InputError
 from tests.factories import DIM, write_bag, write_cohort
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -102,9 +103,15 @@ def trained(tmp_path_factory):
     manifest = write_cohort(root)
     (root / "cohort.json").write_text(json.dumps({"schema": "pathology-synth-cohort/1"}))
     cohort = load_manifest(manifest, targets=["er"], bags_dir=root / "bags")
-    metrics = train_cross_validation(cohort, TrainConfig(**FAST, calibration="temperature",
+    # temperatures are fitted on validation bags the fold model did not train on: no refit
+    metrics = train_cross_validation(cohort, TrainConfig(**FAST, calibration="temperature", refit=False,
                                                          intended_use="testing only"), root / "run")
     return root, metrics
+
+
+def test_temperature_scaling_is_refused_with_the_refit(tmp_path):
+    with pytest.raises(InputError, match="--no-refit"):
+        TrainConfig(**FAST, calibration="temperature")
 
 
 def test_provenance_marks_a_synth_cohort_synthetic(trained):
