@@ -203,6 +203,20 @@ def stored_bytes(ds: h5py.Dataset) -> bytes:
     return ds[()].tobytes()
 
 
+def bag_content(path: Path) -> dict:
+    """Every dataset's bytes and every attribute of a bag but its creation time."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        out.update({f"@{k}": str(v) for k, v in f.attrs.items() if k != "created"})
+
+        def visit(name, node):
+            if isinstance(node, h5py.Dataset):
+                out[name] = stored_bytes(node)
+                out.update({f"{name}@{k}": str(v) for k, v in node.attrs.items() if k != "created"})
+        f.visititems(visit)
+    return out
+
+
 # JPEG quantization tables of ITU-T T.81 Annex K, scaled by quality as libjpeg does.
 JPEG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69,
                       56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104,

@@ -34,7 +34,7 @@ from pathology.fingerprint import BLOCK, EDGE, SAMPLES, fingerprint, legacy_fing
 from pathology.slide import open_slide
 from pathology.synth import SynthConfig, write_synthetic_slide
 from pathology.tissue import TissueParams
-from tests.factories import stored_bytes, stored_patches
+from tests.factories import bag_content, stored_patches
 
 ROOT = Path(__file__).parents[2]
 runner = CliRunner()
@@ -68,19 +68,6 @@ def hidden(folder: Path) -> list[str]:
 def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
-
-def bag_content(path: Path) -> dict:
-    """Every dataset's bytes and every attribute of a bag but its creation times."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        out.update({f"@{k}": str(v) for k, v in f.attrs.items() if k != "created"})
-
-        def visit(name, node):
-            if isinstance(node, h5py.Dataset):
-                out[name] = stored_bytes(node)
-                out.update({f"{name}@{k}": str(v) for k, v in node.attrs.items() if k != "created"})
-        f.visititems(visit)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -26,7 +25,7 @@ from pathology.inputs import expand_inputs
 from pathology.synth import SynthConfig, write_synthetic_slide
 from pathology.tiling.pipeline import TileOptions
 from pathology.tiling.stage import tile_stage
-from tests.factories import stored_bytes
+from tests.factories import bag_content
 
 pytest.importorskip("ray", reason="the ray extra")  # CI installs it with .[test]
 
@@ -50,19 +49,6 @@ def eight(slides, tmp_path) -> Path:
         shutil.copy(slides / f"s{i % 4}.svs", many / f"c{i}.svs")
     return many
 
-
-def bag_content(path: Path) -> dict:
-    """Every dataset's bytes and every attribute of a bag but its creation time."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        out.update({f"@{k}": str(v) for k, v in f.attrs.items() if k != "created"})
-
-        def visit(name, node):
-            if isinstance(node, h5py.Dataset):
-                out[name] = stored_bytes(node)
-                out.update({f"{name}@{k}": str(v) for k, v in node.attrs.items() if k != "created"})
-        f.visititems(visit)
-    return out
 
 
 def leftovers(folder: Path) -> list[str]:
