@@ -41,6 +41,7 @@ from pathology.publish import publishing
 from pathology.table import read_table
 
 from . import covariates as C
+from .assess import COLUMNS, assess_slide, warning_counts
 from .calibration import calibrated
 from .data import BAG_SUFFIXES, CLAM_SUBDIRS, BagError, find_bag, read_features
 from .labels import LabelSpec
@@ -52,6 +53,8 @@ from .tasks import KINDS, Fitted, HeadOptions, Score
 from .train import autocast, resolve_device
 
 log = logging.getLogger(__name__)
+
+TRUST_FILE = "trust.csv"  # each slide's assessment (mil.assess): reliable, out of distribution, why
 
 WEIGHTS = "model.safetensors"
 
@@ -316,12 +319,17 @@ def _covariates_of(cohort: Cohort, row: int) -> dict[str, object] | None:
 
 
 def _job(slide: SlideInput, advance, *, run: Run, out_dir: Path, features: str | None, cases: dict[str, dict],
-         rows: list[dict]) -> Outcome:
+         rows: list[dict], trust_rows: list[dict]) -> Outcome:
     t0 = time.perf_counter()
     case = cases.get(slide.slide_id, {})
-    scores, n = predict_file(run, slide.slide_id, case.get("paths", slide.path), out_dir, features,
-                             case.get("covariates"))
+    paths = case.get("paths", slide.path)
+    scores, n = predict_file(run, slide.slide_id, paths, out_dir, features, case.get("covariates"))
     rows += prediction_records(run, slide.slide_id, case.get("patient", ""), scores, case.get("labels", {}))
+    for path in paths if isinstance(paths, list) else [paths]:  # a patient's slides are each judged
+        trust = assess_slide(run, path, features)
+        sid = slide.slide_id if not isinstance(paths, list) else path.stem
+        trust_rows.append({"slide_id": sid, "patient_id": case.get("patient", ""), **trust.columns(),
+                           "_warnings": trust.warnings})
     advance(n)
     detail = ", ".join(f"{t} {_describe(run, t, v)}" for t, v in scores.items())
     return Outcome(slide.slide_id, "done", n, time.perf_counter() - t0, detail)
@@ -336,7 +344,8 @@ def _describe(run: Run, task: str, score: Score) -> str:
 def predict_cohort(run: Run, bags_dir: str | Path, out_dir: str | Path, *, manifest: str | Path | None = None,
                    features: str | None = None, console: Console | None = None) -> list[Outcome]:
     """Predict every slide of ``manifest`` (or every bag file in ``bags_dir``) and write
-    ``out_dir/predictions.csv`` and ``out_dir/attention/<slide_id>.h5``.
+    ``out_dir/predictions.csv``, ``out_dir/attention/<slide_id>.h5`` and ``out_dir/trust.csv``
+    (each slide's :func:`mil.assess.assess_slide`; its warnings are logged, counted).
 
     A bad or missing bag is a failed outcome; the others go on. ``predictions.csv`` holds the
     cases that succeeded, with labels from the manifest's columns when it has them. A run with
@@ -372,9 +381,15 @@ def predict_cohort(run: Run, bags_dir: str | Path, out_dir: str | Path, *, manif
             raise RunError(f"{bags_dir}: no bag files (.h5, .pt)")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    job = functools.partial(_job, run=run, out_dir=out_dir, features=features, cases=cases, rows=rows)
+    trust_rows: list[dict] = []
+    job = functools.partial(_job, run=run, out_dir=out_dir, features=features, cases=cases, rows=rows,
+                            trust_rows=trust_rows)
     outcomes = run_batch(slides, job, unit="instances", console=console, status=status_path(out_dir))
     order = {s.slide_id: i for i, s in enumerate(slides)}
     rows.sort(key=lambda r: order[r["slide_id"]])
     write_csv(pd.DataFrame(rows, columns=prediction_columns(run.config.heads)), out_dir / "predictions.csv")
+    trust_rows.sort(key=lambda r: order.get(r["slide_id"], order.get(r["patient_id"], 0)))
+    write_csv(pd.DataFrame(trust_rows, columns=["slide_id", "patient_id", *COLUMNS]), out_dir / TRUST_FILE)
+    for line in warning_counts([r["_warnings"] for r in trust_rows]):
+        log.warning("%s: see %s", line, out_dir / TRUST_FILE)
     return outcomes

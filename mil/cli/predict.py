@@ -11,13 +11,14 @@ from rich.console import Console
 from pathology.batch import summary_table
 from pathology.cli.common import Device, Out, Quiet, RunFolder, Verbose, exit_if_failed, reported, setup_logging
 
-from ..predict import load_run, predict_cohort
+from ..predict import TRUST_FILE, load_run, predict_cohort
 
 
 def predict_command(
     model: RunFolder(),
     bags: Annotated[Path, typer.Option(help="Folder of bags to predict.")],
-    out: Out("Folder for predictions.csv, attention/ and status.csv."),
+    out: Out("Folder for predictions.csv, attention/, trust.csv (is each slide like the training slides?) and "
+             "status.csv."),
     manifest: Annotated[Path | None, typer.Option(help="Slides to predict (default: every bag in --bags); its "
                                                        "label columns, when present, fill the labels.")] = None,
     features: Annotated[str | None, typer.Option(help="Feature set to read (default: the run's).")] = None,
@@ -34,5 +35,6 @@ def predict_command(
         run = load_run(model, device)
         outcomes = predict_cohort(run, bags, out, manifest=manifest, features=features, console=console)
     Console().print(summary_table(outcomes, unit="instances"))
-    console.print(f"predictions written to {out / 'predictions.csv'}")
+    console.print(f"predictions written to {out / 'predictions.csv'}; each slide's reliability in "
+                  f"{out / TRUST_FILE}")
     exit_if_failed(outcomes)

@@ -24,7 +24,13 @@ gap:3px 14px;margin:0} .modelcard dt{color:#555} .modelcard dd{margin:0}
 .banner{background:#fdecea;border:1px solid #f5c2c0;color:#8a1c14;border-radius:6px;padding:10px 14px;
 margin-bottom:14px;font-weight:600}
 """
-HEADLINE = {"binary": "auc", "survival": "c_index"}
+# the metrics a task kind is judged by (mil.metrics' names), as the card names them
+HEADLINE: dict[str, tuple[tuple[str, str], ...]] = {
+    "binary": (("auc", "AUC"),),
+    "multiclass": (("auc", "macro AUC"), ("balanced_accuracy", "balanced accuracy")),
+    "regression": (("pearson", "Pearson r"), ("mae", "MAE")),
+    "survival": (("c_index", "C-index"),),
+}
 
 
 def read_metrics(run: Run) -> dict:
@@ -40,16 +46,17 @@ def _num(value, digits: int = 3) -> str:
 
 
 def performance(metrics: dict) -> list[str]:
-    """One line per task: its headline metric, pooled out-of-fold, with the 95% CI."""
+    """One line per task: its kind's headline metrics, pooled out-of-fold, with their 95% CIs."""
     lines = []
     for task, summary in metrics.get("tasks", {}).items():
-        name = HEADLINE.get(summary.get("kind"))
-        m = summary.get("metrics", {}).get(name)
-        if m is None:
-            continue
-        ci = m.get("ci95") or [None, None]
-        lines.append(f"{task}: {name.upper().replace('_', '-')} {_num(m.get('pooled'))} "
-                     f"(95% CI {_num(ci[0])}–{_num(ci[1])}, n = {summary.get('n')})")
+        parts = []
+        for name, label in HEADLINE.get(summary.get("kind"), ()):
+            m = summary.get("metrics", {}).get(name)
+            if m is not None:
+                ci = m.get("ci95") or [None, None]
+                parts.append(f"{label} {_num(m.get('pooled'))} (95% CI {_num(ci[0])}–{_num(ci[1])})")
+        if parts:
+            lines.append(f"{task}: {'; '.join(parts)}, n = {summary.get('n')}")
     return lines
 
 

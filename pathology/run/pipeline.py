@@ -30,6 +30,7 @@ from pathlib import Path
 
 import h5py
 
+from mil.assess import NOT_RELIABLE, assess_slide
 from mil.predict import Run, class_map, load_run, predict_file
 
 from ..embed import EmbedOptions
@@ -45,7 +46,6 @@ from ..roi import RoiSource
 from ..tiling.pipeline import TileOptions
 from ..tiling.stage import tile_stage
 from .report import SlideReport, TaskResult
-from .trust import NOT_RELIABLE, assess_slide
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,11 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_model
+from typer.testing import CliRunner
 
+from mil.assess import COLUMNS
 from mil.calibration import T_MIN, fit_temperature, reliability, uncalibrated
+from mil.cli import app as mil_app
 from mil.data import read_features
 from mil.manifest import load_manifest
 from mil.models import Head, create_model
@@ -177,6 +180,29 @@ def test_ood_threshold_is_stated_and_separates_new_slides(trained, tmp_path):
     (d_like,) = slide_distances(root / "run", config.ood, like, None)
     (d_far,) = slide_distances(root / "run", config.ood, far, None)
     assert not d_like.flagged and d_far.flagged, (d_like, d_far)
+
+
+def test_mil_predict_writes_each_slides_reliability(trained, tmp_path):
+    """`mil predict` judges each slide as `pathology run` does (mil.assess): trust.csv says the
+    model is synthetic for every slide, and flags the slide unlike the training slides."""
+    root, _ = trained
+    rng = np.random.default_rng(123)
+    x = rng.normal(0, 1, (25, DIM))
+    x[:12, 0] += 3.0
+    bags = tmp_path / "bags"
+    write_bag(bags / "like.h5", x)
+    write_bag(bags / "far.h5", x + 2.0)
+    result = CliRunner().invoke(mil_app, ["predict", "-m", str(root / "run"), "--bags", str(bags),
+                                          "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    trust = pd.read_csv(tmp_path / "out" / "trust.csv", keep_default_na=False).set_index("slide_id")
+    assert list(trust.columns) == ["patient_id", *COLUMNS]
+    assert trust.at["like", "reliable"] == "yes" and trust.at["far", "reliable"] == "no"
+    assert float(trust.at["far", "ood_distance"]) > float(trust.at["far", "ood_threshold"]) \
+        > float(trust.at["like", "ood_distance"])
+    assert all(w.startswith(SYNTHETIC_WARNING) for w in trust["warning"])
+    assert "out of distribution" in trust.at["far", "warning"] and "out of" not in trust.at["like", "warning"]
+    assert "trust.csv" in " ".join(result.output.split())
 
 
 def test_provenance_is_what_the_trainer_declares(tmp_path):

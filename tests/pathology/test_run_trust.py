@@ -16,14 +16,15 @@ import h5py
 import numpy as np
 import pytest
 
+from mil.assess import COLUMNS, assess_slide
 from mil.ood import fit_ood, slide_embedding
 from mil.predict import load_run
 from mil.provenance import SYNTHETIC_WARNING, Provenance, TaskCounts
 from mil.runconfig import RunConfig
 from pathology.batch import Outcome
-from pathology.run.card import card_html, model_line
+from pathology.run.card import card_html, model_line, performance
 from pathology.run.report import SlideReport, TaskResult, render_report
-from pathology.run.trust import COLUMNS, assess_slide, attach, trust_columns, trust_summary
+from pathology.run.trust import attach, trust_columns, trust_summary
 from pathology.view.catalog import read_catalog
 from tests.factories import DATA, write_bag
 
@@ -110,3 +111,23 @@ def test_results_report_and_viewer_show_the_warnings(run_dir, tmp_path):
     assert catalog.columns[-1] == "reliability"
     far = {c.name: c for c in catalog.entries["far"].calls}["reliability"]
     assert far.text.startswith("not reliable · distance") and far.tone == "pos"
+
+
+def test_the_card_gives_each_task_kind_its_headline_metrics():
+    def metric(pooled, lo, hi):
+        return {"pooled": pooled, "ci95": [lo, hi], "mean": pooled, "sd": 0.01, "folds": []}
+
+    metrics = {"tasks": {
+        "tumor": {"kind": "binary", "n": 40, "metrics": {"auc": metric(0.91, 0.85, 0.96), "f1": metric(0.8, 0.7, 0.9)}},
+        "grade": {"kind": "multiclass", "n": 60, "metrics": {"auc": metric(0.78, 0.7, 0.85),
+                                                              "balanced_accuracy": metric(0.61, 0.52, 0.7)}},
+        "ki67": {"kind": "regression", "n": 50, "metrics": {"pearson": metric(0.66, 0.5, 0.78),
+                                                             "mae": metric(7.5, 6.1, 9.0)}},
+        "os": {"kind": "survival", "n": 80, "metrics": {"c_index": metric(0.64, 0.58, float("nan"))}},
+    }}
+    assert performance(metrics) == [
+        "tumor: AUC 0.910 (95% CI 0.850–0.960), n = 40",
+        "grade: macro AUC 0.780 (95% CI 0.700–0.850); balanced accuracy 0.610 (95% CI 0.520–0.700), n = 60",
+        "ki67: Pearson r 0.660 (95% CI 0.500–0.780); MAE 7.500 (95% CI 6.100–9.000), n = 50",
+        "os: C-index 0.640 (95% CI 0.580–n/a), n = 80",
+    ]
