@@ -83,42 +83,69 @@ def read_run(root: Path) -> Catalog | None:
     if not path.is_file():
         return None
     table = _table(path)
-    binary = [c[:-len("_score")] for c in table.columns if c.endswith("_score")]
-    survival = [c[:-len("_risk")] for c in table.columns if c.endswith("_risk")]
+    # each task's columns (pathology.run.pipeline): binary <task>_score (+ _call), multiclass
+    # <task>_call + <task>_p_<class>, regression <task>_value, survival <task>_risk; in column order
+    tasks: dict[str, str] = {}
+    for c in table.columns:
+        for suffix, kind in (("_score", "binary"), ("_value", "regression"), ("_risk", "survival")):
+            if c.endswith(suffix):
+                tasks.setdefault(c[:-len(suffix)], kind)
+        if c.endswith("_call") and any(o.startswith(c[:-len("_call")] + "_p_") for o in table.columns):
+            tasks.setdefault(c[:-len("_call")], "multiclass")
     entries = {}
     for row in table.rows:
-        calls = []
-        for task in binary:
-            score = _number(row.get(f"{task}_score", ""))
-            if score is not None:
-                call = row.get(f"{task}_call", "")
-                calls.append(Call(task, f"{call} {score:.3f}".strip(), _tone(call)))
-        for task in survival:
-            risk = _number(row.get(f"{task}_risk", ""))
-            if risk is not None:
-                calls.append(Call(task, f"risk {risk:.3f}"))
-        if row.get("reliable") or row.get("warning"):     # pathology.run.trust's columns
+        calls = [call for task, kind in tasks.items() if (call := _CALLS[kind](task, row, table.columns))]
+        if row.get("reliable") or row.get("warning"):     # mil.assess's columns
             calls.append(_reliability(row))
         entries[row["slide_id"]] = Entry(row["slide_id"], row.get("status", "done"), tuple(calls),
                                          row.get("message", ""))
     extra = [RELIABILITY] if {"reliable", "warning"} & set(table.columns) else []
-    return Catalog(root, "run", entries, binary + survival + extra)
+    return Catalog(root, "run", entries, [*tasks, *extra])
+
+
+def _binary(task: str, row: dict, columns: list[str]) -> Call | None:
+    score = _number(row.get(f"{task}_score", ""))
+    if score is None:
+        return None
+    call = row.get(f"{task}_call", "")
+    return Call(task, f"{call} {score:.3f}".strip(), _tone(call))
+
+
+def _multiclass(task: str, row: dict, columns: list[str]) -> Call | None:
+    """The called class and its probability."""
+    call = row.get(f"{task}_call", "")
+    p = _number(row.get(f"{task}_p_{call}", "")) if call else None
+    return Call(task, f"{call} · p {p:.3f}" if p is not None else call) if call else None
+
+
+def _regression(task: str, row: dict, columns: list[str]) -> Call | None:
+    value = _number(row.get(f"{task}_value", ""))
+    return None if value is None else Call(task, f"{value:.3g}")
+
+
+def _survival(task: str, row: dict, columns: list[str]) -> Call | None:
+    risk = _number(row.get(f"{task}_risk", ""))
+    return None if risk is None else Call(task, f"risk {risk:.3f}")
+
+
+_CALLS = {"binary": _binary, "multiclass": _multiclass, "regression": _regression, "survival": _survival}
 
 
 RELIABILITY = "reliability"
+NOT_RELIABLE = "not reliable"  # how mil.assess ends a flag's warning (not imported: mil.ood loads scikit-learn)
 
 
 def _reliability(row: dict) -> Call:
-    """A slide's reliability: "not reliable" (out of distribution, stain, resolution) and its warnings."""
-    ood = _number(row.get("ood_distance", ""))
+    """A slide's reliability: "not reliable" (out of distribution, stain, resolution) or "ok", its
+    warnings (a flag's own warning gives its distance), and the distance when nothing flagged it."""
     text = "not reliable" if row.get("reliable") == "no" else "ok"
-    if ood is not None:
-        text += f" · distance {ood:.3g}"
+    warnings = [w.removesuffix(f": {NOT_RELIABLE}") for w in row.get("warning", "").split("; ") if w]
+    ood = _number(row.get("ood_distance", ""))
+    if ood is not None and not any("out of distribution" in w for w in warnings):
         threshold = _number(row.get("ood_threshold", ""))
-        text += f" (threshold {threshold:.3g})" if threshold is not None else ""
-    if row.get("warning"):
-        text += f" · {row['warning']}"
-    return Call(RELIABILITY, text, "pos" if row.get("reliable") == "no" or row.get("warning") else "")
+        text += f" · distance {ood:.3g}" + (f" (threshold {threshold:.3g})" if threshold is not None else "")
+    text += "".join(f" · {w}" for w in warnings)
+    return Call(RELIABILITY, text, "pos" if row.get("reliable") == "no" or warnings else "")
 
 
 def _tone(call: str) -> str:

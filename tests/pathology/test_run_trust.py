@@ -110,7 +110,11 @@ def test_results_report_and_viewer_show_the_warnings(run_dir, tmp_path):
     catalog = read_catalog(tmp_path)
     assert catalog.columns[-1] == "reliability"
     far = {c.name: c for c in catalog.entries["far"].calls}["reliability"]
-    assert far.text.startswith("not reliable · distance") and far.tone == "pos"
+    like = {c.name: c for c in catalog.entries["like"].calls}["reliability"]
+    assert far.tone == like.tone == "pos"                     # both carry the synthetic warning
+    assert far.text.startswith(f"not reliable · {SYNTHETIC_WARNING} · out of distribution")
+    assert far.text.count("distance") == 1 and far.text.count("not reliable") == 1   # each said once
+    assert like.text.startswith("ok · distance ") and "(threshold " in like.text     # unflagged: its distance
 
 
 def test_the_card_gives_each_task_kind_its_headline_metrics():

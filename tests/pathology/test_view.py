@@ -40,6 +40,7 @@ from pathology.synth.ihc_cells import CellFieldConfig, write_cell_field
 from pathology.tiling.grid import GridSpec
 from pathology.tiling.pipeline import TileOptions, tile_slide
 from pathology.view.cache import Memo
+from pathology.view.catalog import read_catalog
 from pathology.view.server import ViewServer
 
 PATCH = 128          # at 0.5 µm/px on a 0.25 µm/px slide: 256 level-0 px
@@ -122,6 +123,26 @@ def test_the_slide_list_shows_each_slide_with_its_calls(server):
     for path in ("/static/openseadragon/openseadragon.min.js", "/static/openseadragon/LICENSE.txt",
                  "/static/openseadragon/images/zoomin_rest.png", "/static/viewer.js", "/static/viewer.css"):
         assert get(server, path)[0] == 200, path
+
+
+def test_the_slide_list_shows_every_task_kind(tmp_path):
+    """results.csv as pathology run writes it for a binary, a multiclass, a regression and a
+    survival task: each is a column of the slide list, with the call, the class's probability,
+    the value and the risk."""
+    header = ["slide_id", "status", "patches", "tumor_score", "tumor_call", "tumor_threshold", "grade_call",
+              "grade_p_1", "grade_p_2", "grade_p_3", "ki67_value", "os_risk", "message"]
+    rows = [["a", "done", 10, "0.912", "positive", 0.5, "3", "0.1", "0.2", "0.7", "23.456", "0.61", ""],
+            ["b", "failed", 0, "", "", "", "", "", "", "", "", "", "unreadable"]]
+    with open(tmp_path / "results.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *rows])
+    catalog = read_catalog(tmp_path)
+    assert catalog.columns == ["tumor", "grade", "ki67", "os"]
+    assert [(c.name, c.text) for c in catalog.entries["a"].calls] == [
+        ("tumor", "positive 0.912"), ("grade", "3 · p 0.700"), ("ki67", "23.5"), ("os", "risk 0.610")]
+    assert catalog.entries["b"].calls == () and catalog.entries["b"].message == "unreadable"
+    with ViewServer(tmp_path, port=0) as server:
+        page = get(server, "/")[2].decode()
+    assert all(text in page for text in ("grade", "3 · p 0.700", "ki67", "23.5", "risk 0.610"))
 
 
 def test_a_thousand_slides_page_and_search(tmp_path):
