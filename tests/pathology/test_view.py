@@ -527,8 +527,11 @@ def test_command_serves_until_interrupted_and_warns_when_shared(run_dir):
     repo = str(Path(__file__).parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
     code = "from pathology.cli import app; app()"
+    # Ctrl+C as in a terminal, even when the tests run in the background (where SIGINT is
+    # inherited ignored, and Python then never raises KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, "-c", code, "view", str(run_dir / "out"), "--host", "0.0.0.0",
-                             "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
+                             "--port", "0"], stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         while not any("pathology view:" in line for line in lines):
