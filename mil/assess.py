@@ -88,8 +88,10 @@ def assess_slide(run: Run, bag: Path, features: str | None = None) -> SlideTrust
                 trust.warnings.append(f"{what} (distance {d.distance:.3g} > threshold {d.threshold:.3g}): "
                                       f"{NOT_RELIABLE}")
     target = run.config.bag_settings.target_mpp if run.config.bag_settings is not None else None
-    with h5py.File(bag, "r") as f:
-        mpp = f.attrs.get("mpp_level0")
+    mpp = None
+    if Path(bag).suffix == ".h5":  # a .pt feature file records no resolution
+        with h5py.File(bag, "r") as f:
+            mpp = f.attrs.get("mpp_level0")
     if mpp is not None:
         trust.mpp_level0 = float(np.mean(mpp))
         if target and trust.mpp_level0 > target * RESOLUTION_TOLERANCE:

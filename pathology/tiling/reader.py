@@ -7,7 +7,7 @@ row r no later patch needs a row above r: pieces above it are dropped from the c
 A level whose JPEG tiles libjpeg can decode at 1/2, 1/4 or 1/8 of their size is read that way when
 every patch is exactly that reduction of its level box, on the reduced pixel grid (:func:`shrink_for`;
 e.g. 0.5 µm/px patches of a 0.25 µm/px slide): the reduced level then serves as a level of the
-slide read 1:1, twice as fast as full decodes and with no resampling. Other reductions are
+slide read 1:1, with decodes a quarter faster and no resampling. Other reductions are
 resampled from full decodes, as before: interpolating a reduced level would blur them.
 
 A corrupt tile (:class:`pathology.tiling.sources.CorruptTileError`) fails the read, or, with

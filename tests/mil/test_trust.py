@@ -202,6 +202,16 @@ def test_mil_predict_writes_each_slides_reliability(trained, tmp_path):
         > float(trust.at["like", "ood_distance"])
     assert all(w.startswith(SYNTHETIC_WARNING) for w in trust["warning"])
     assert "out of distribution" in trust.at["far", "warning"] and "out of" not in trust.at["like", "warning"]
+
+    # a .pt feature file (its feature set is named "pt"): no µm/px recorded, the same distance
+    (tmp_path / "pt").mkdir()
+    torch.save(torch.from_numpy(x + 2.0), tmp_path / "pt" / "far.pt")
+    result = CliRunner().invoke(mil_app, ["predict", "-m", str(root / "run"), "--bags", str(tmp_path / "pt"),
+                                          "--features", "pt", "--out", str(tmp_path / "out_pt")])
+    assert result.exit_code == 0, result.output
+    pt = pd.read_csv(tmp_path / "out_pt" / "trust.csv", keep_default_na=False).iloc[0]
+    assert pt["reliable"] == "no" and pt["mpp_level0"] == ""
+    assert float(pt["ood_distance"]) == pytest.approx(float(trust.at["far", "ood_distance"]), rel=1e-3)
     assert "trust.csv" in " ".join(result.output.split())
 
 
