@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from pathology.table import number
+
 KIND_NAMES = ("binary", "multiclass", "regression", "survival")
 MAX_CLASSES = 10                      # more distinct values than this are not inferred as categories
 POSITIVE = {"1", "1.0", "true", "positive", "pos", "yes"}
@@ -45,15 +47,6 @@ class LabelSpec:
 
 def is_unknown(raw: str) -> bool:
     return raw.strip().lower() in UNKNOWN
-
-
-def number(text: str) -> float | None:
-    """``text`` as a finite float, or None."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def class_key(text: str) -> str:

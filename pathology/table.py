@@ -8,6 +8,7 @@ line number, so a problem names the file, the row and the column.
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,3 +90,12 @@ def read_table(path: str | Path, problems: list[str]) -> Table:
         rows.append({c: row.get(c, "") for c in columns})
         lines.append(line)
     return Table(path, columns, rows, lines)
+
+
+def number(text: str) -> float | None:
+    """A cell as a finite float, or None (empty, text, nan, inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None

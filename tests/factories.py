@@ -1,5 +1,6 @@
 """Factories for the tests' inputs: real pyramidal TIFF/SVS slides, bags in this project's
-format, and toy cohorts with a known signal. One place, so every test writes them the same way."""
+format, and toy cohorts with a known signal; and the command-line runner the tests share.
+One place, so every test writes them the same way."""
 
 from __future__ import annotations
 
@@ -14,6 +15,24 @@ import tifffile
 from pathology.bag import SCHEMA, open_bag, read_patches
 
 DATA = Path(__file__).parent / "data"
+
+
+def invoke(app, *args: object):
+    """Run a typer ``app`` with ``args`` in a wide terminal, so messages are not wrapped."""
+    from typer.testing import CliRunner
+
+    return CliRunner(env={"COLUMNS": "500"}).invoke(app, [str(a) for a in args])
+
+
+def mil_cli(*args: object):
+    """Run the ``mil`` command line (see :func:`invoke`)."""
+    from mil.cli import app
+
+    return invoke(app, *args)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def write_pyramid_tiff(path: Path, image: np.ndarray, downsamples=(1, 4, 16), mpp: float | None = 0.25,

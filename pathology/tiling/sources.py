@@ -153,11 +153,7 @@ class TiffTileSource:
         return {key for key, n in uses.items() if n == 1}
 
     def _tiles(self, boxes: np.ndarray) -> Iterator[list[tuple[int, int]]]:
-        last_x, last_y = self.tiles_across - 1, self.tiles_down - 1
-        for x0, y0, x1, y1 in boxes.tolist():
-            tx0, tx1 = min(max(x0 // self.tw, 0), last_x), min(max((x1 - 1) // self.tw, 0), last_x)
-            ty0, ty1 = min(max(y0 // self.th, 0), last_y), min(max((y1 - 1) // self.th, 0), last_y)
-            yield [(ty, tx) for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
+        return grid_cells(boxes, (self.tw, self.th), (self.tiles_across - 1, self.tiles_down - 1))
 
     def region(self, x: int, y: int, w: int, h: int, bad: list[dict] | None = None) -> np.ndarray:
         """The level's pixels in the box (x, y, w, h), decoded tile by tile (white where a tile
@@ -350,16 +346,22 @@ class ChunkSource(RegionSource):
         return out
 
     def _chunks(self, boxes: np.ndarray) -> Iterator[list[tuple[int, int]]]:
-        last_x, last_y = (self.width - 1) // self.cw, (self.height - 1) // self.ch
-        for x0, y0, x1, y1 in boxes.tolist():
-            cx0, cx1 = min(max(x0 // self.cw, 0), last_x), min(max((x1 - 1) // self.cw, 0), last_x)
-            cy0, cy1 = min(max(y0 // self.ch, 0), last_y), min(max((y1 - 1) // self.ch, 0), last_y)
-            yield [(cy, cx) for cy in range(cy0, cy1 + 1) for cx in range(cx0, cx1 + 1)]
+        return grid_cells(boxes, (self.cw, self.ch), ((self.width - 1) // self.cw, (self.height - 1) // self.ch))
 
     def _chunk(self, cy: int, cx: int) -> Piece:
         x0, y0 = cx * self.cw, cy * self.ch
         x1, y1 = min(x0 + self.cw, self.width), min(y0 + self.ch, self.height)
         return Piece(("chunk", cy, cx), (x0, y0, x1, y1), partial(self.slide.read_chunk, self.level, cx, cy))
+
+
+def grid_cells(boxes: np.ndarray, cell: tuple[int, int], last: tuple[int, int]) -> Iterator[list[tuple[int, int]]]:
+    """For each box (x0, y0, x1, y1), the (row, column) of every cell of a ``cell``-sized grid
+    (tiles, chunks) it intersects, clamped to the last column and row ``last``."""
+    (cw, ch), (last_x, last_y) = cell, last
+    for x0, y0, x1, y1 in boxes.tolist():
+        cx0, cx1 = min(max(x0 // cw, 0), last_x), min(max((x1 - 1) // cw, 0), last_x)
+        cy0, cy1 = min(max(y0 // ch, 0), last_y), min(max((y1 - 1) // ch, 0), last_y)
+        yield [(cy, cx) for cy in range(cy0, cy1 + 1) for cx in range(cx0, cx1 + 1)]
 
 
 def paste(out: np.ndarray, origin: tuple[int, int], box: tuple[int, int, int, int], data: np.ndarray,

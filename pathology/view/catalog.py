@@ -15,13 +15,12 @@ bag, attention and records are opened when it is viewed (:mod:`.slidedata`).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from ..table import read_table
+from ..table import number, read_table
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +69,6 @@ class Catalog:
 
 
 # -- pathology run: results.csv ----------------------------------------------------------------------------------
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
 def read_run(root: Path) -> Catalog | None:
     path = root / "results.csv"
     if not path.is_file():
@@ -104,7 +95,7 @@ def read_run(root: Path) -> Catalog | None:
 
 
 def _binary(task: str, row: dict, columns: list[str]) -> Call | None:
-    score = _number(row.get(f"{task}_score", ""))
+    score = number(row.get(f"{task}_score", ""))
     if score is None:
         return None
     call = row.get(f"{task}_call", "")
@@ -114,17 +105,17 @@ def _binary(task: str, row: dict, columns: list[str]) -> Call | None:
 def _multiclass(task: str, row: dict, columns: list[str]) -> Call | None:
     """The called class and its probability."""
     call = row.get(f"{task}_call", "")
-    p = _number(row.get(f"{task}_p_{call}", "")) if call else None
+    p = number(row.get(f"{task}_p_{call}", "")) if call else None
     return Call(task, f"{call} · p {p:.3f}" if p is not None else call) if call else None
 
 
 def _regression(task: str, row: dict, columns: list[str]) -> Call | None:
-    value = _number(row.get(f"{task}_value", ""))
+    value = number(row.get(f"{task}_value", ""))
     return None if value is None else Call(task, f"{value:.3g}")
 
 
 def _survival(task: str, row: dict, columns: list[str]) -> Call | None:
-    risk = _number(row.get(f"{task}_risk", ""))
+    risk = number(row.get(f"{task}_risk", ""))
     return None if risk is None else Call(task, f"risk {risk:.3f}")
 
 
@@ -140,9 +131,9 @@ def _reliability(row: dict) -> Call:
     warnings (a flag's own warning gives its distance), and the distance when nothing flagged it."""
     text = "not reliable" if row.get("reliable") == "no" else "ok"
     warnings = [w.removesuffix(f": {NOT_RELIABLE}") for w in row.get("warning", "").split("; ") if w]
-    ood = _number(row.get("ood_distance", ""))
+    ood = number(row.get("ood_distance", ""))
     if ood is not None and not any("out of distribution" in w for w in warnings):
-        threshold = _number(row.get("ood_threshold", ""))
+        threshold = number(row.get("ood_threshold", ""))
         text += f" · distance {ood:.3g}" + (f" (threshold {threshold:.3g})" if threshold is not None else "")
     text += "".join(f" · {w}" for w in warnings)
     return Call(RELIABILITY, text, "pos" if row.get("reliable") == "no" or warnings else "")
@@ -194,11 +185,11 @@ def _predictions(run: Path) -> tuple[dict[str, list[Call]], list[str]]:
     calls: dict[str, list[Call]] = {}
     tasks: list[str] = []
     for row in _table(path).rows:
-        task, score = row.get("task", ""), _number(row.get("score", ""))
+        task, score = row.get("task", ""), number(row.get("score", ""))
         if score is None:
             continue
         tasks += [task] if task not in tasks else []
-        label = f" · label {row['label']}" if _number(row.get("label", "")) is not None else ""
+        label = f" · label {row['label']}" if number(row.get("label", "")) is not None else ""
         calls.setdefault(row["slide_id"], []).append(_scored(task, score, thresholds, label))
     return calls, tasks
 

@@ -18,12 +18,11 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from mil.cli import app
 from mil.losses import risk_from_hazards
 from mil.models import Head, create_model
 from tests.factories import DIM, ENCODER, write_bag, write_cohort
+from tests.factories import mil_cli as mil
 
 # the plumbing tests train fast: a few large steps, the early-stopped model kept (--no-refit); the
 # default recipe (refit for the epochs chosen on inner splits) is tested in test_kinds.py and measured
@@ -32,9 +31,6 @@ FAST = ["--folds", "3", "--epochs", "10", "--patience", "4", "--hidden", "16", "
         "--no-refit", "--bootstrap", "200"]
 TASKS = ["--target", "er,pr", "--survival", "os_time,os_event"]
 
-
-def mil(*args: object):
-    return CliRunner(env={"COLUMNS": "500"}).invoke(app, [str(a) for a in args])  # no wrapped messages
 
 
 def train(root: Path, out: Path, *extra: object):

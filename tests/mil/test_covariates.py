@@ -9,7 +9,6 @@ and no feature of the bags carries it: only the covariates can predict it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +17,17 @@ import pytest
 from typer.testing import CliRunner
 
 from mil import covariates as C
-from mil.cli import app
 from mil.predict import load_run, predict_bag
 from mil.runconfig import CovariateFit
 from pathology.cli import app as pathology_app
-from tests.factories import STAGES, write_pyramid_tiff, write_task_cohort
+from tests.factories import STAGES, read_json, write_pyramid_tiff, write_task_cohort
+from tests.factories import mil_cli as mil
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = ["--folds", "3", "--epochs", "15", "--patience", "5", "--hidden", "32", "--lr", "3e-3", "--bootstrap", "50"]
 
 
-def mil(*args: object):
-    return CliRunner(env={"COLUMNS": "500"}).invoke(app, [str(a) for a in args])
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="module")

@@ -18,31 +18,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from mil.cli import app
 from mil.labels import LabelSpec, infer
 from mil.manifest import ManifestError, load_manifest
 from mil.models import Head, create_model
 from mil.predict import load_run, predict_bag
 from pathology.errors import InputError
-from tests.factories import DIM, ENCODER, HER2_CLASSES, write_task_cohort
+from tests.factories import DIM, ENCODER, HER2_CLASSES, read_json, write_task_cohort
+from tests.factories import mil_cli as mil
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = ["--folds", "3", "--epochs", "12", "--patience", "4", "--hidden", "32", "--lr", "3e-3", "--bootstrap", "50"]
 
 
-def mil(*args: object):
-    return CliRunner(env={"COLUMNS": "500"}).invoke(app, [str(a) for a in args])
-
 
 def train(root: Path, out: Path, *extra: object):
     return mil("train", "--manifest", root / "manifest.csv", "--bags", root / "bags", "--out", out, *FAST, *extra)
 
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="module")

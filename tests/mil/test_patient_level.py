@@ -8,30 +8,21 @@ three slides; the other two look negative.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 import mil.train
-from mil.cli import app
-from tests.factories import write_patient_cohort
+from tests.factories import mil_cli, read_json, write_patient_cohort
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = ["--folds", "3", "--epochs", "12", "--patience", "4", "--hidden", "32", "--lr", "3e-3", "--bootstrap", "50"]
 
 
-def mil_cli(*args: object):
-    return CliRunner(env={"COLUMNS": "500"}).invoke(app, [str(a) for a in args])
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="module")

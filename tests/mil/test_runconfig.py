@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from mil.cli import app as mil_app
 from mil.manifest import load_manifest
@@ -31,16 +30,13 @@ from pathology.cli import app as pathology_app
 from pathology.encoders import load_encoder
 from pathology.synth import SynthConfig, write_synthetic_slide
 from pathology.tiling.pipeline import TileOptions
-from tests.factories import DATA, DIM, ENCODER, write_bag, write_cohort
+from tests.factories import DATA, DIM, ENCODER, invoke, write_bag, write_cohort
 
 LEGACY = DATA / "runs" / "mil-run-0.1.0"
 LEGACY_ENCODER, LEGACY_DIM = "stain-texture", 110          # what the legacy run was trained on (its README)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def invoke(app, *args):
-    return CliRunner(env={"COLUMNS": "500"}).invoke(app, [str(a) for a in args])  # no wrapped messages
 
 
 def legacy_json() -> dict:

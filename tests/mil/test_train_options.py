@@ -9,7 +9,6 @@ patients with a c-index of about 0.83. The run folder is read from disk (config.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
@@ -18,14 +17,12 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 import mil.data
 import mil.train
-from mil.cli import app
 from mil.metrics import c_index
 from mil.models import Head, create_model
-from tests.factories import DIM, ENCODER, write_cohort
+from tests.factories import DIM, ENCODER, mil_cli, read_json, write_cohort
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,16 +30,10 @@ FAST = ["--folds", "3", "--epochs", "6", "--patience", "4", "--hidden", "16", "-
         "--bootstrap", "50", "--seed", "0"]
 
 
-def mil_cli(*args: object):
-    return CliRunner(env={"COLUMNS": "500"}).invoke(app, [str(a) for a in args])
-
 
 def train(manifest: Path, bags: Path, out: Path, *extra: object):
     return mil_cli("train", "--manifest", manifest, "--bags", bags, "--out", out, *FAST, *extra)
 
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def files(folder: Path) -> list[str]:
